@@ -1,0 +1,1 @@
+"""FAISS song indexes, versioned model artifacts and the swap-by-reference holder."""

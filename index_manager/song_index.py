@@ -1,0 +1,195 @@
+"""The song space of one model version: keys, names, factor rows and a FAISS IndexIDMap2 over them."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from index_manager.errors import IndexFailure
+from index_manager.keys import song_keys
+
+IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
+
+# Below this many songs an exact inner-product scan is both fastest to build and exact; above it
+# HNSW keeps single-thread search fast (see benchmarks/README.md, `musicrec bench index`).
+FLAT_MAX_SONGS = 200_000
+
+
+def choose_kind(n_songs: int) -> Literal["flat", "hnsw", "ivf"]:
+    return "flat" if n_songs <= FLAT_MAX_SONGS else "hnsw"
+
+
+def _make_faiss(kind: str, dim: int, train: np.ndarray) -> faiss.Index:
+    if kind == "flat":
+        inner: faiss.Index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        inner = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = 80
+        inner.hnsw.efSearch = 96
+    elif kind == "ivf":
+        nlist = max(1, min(len(train), int(4 * math.sqrt(max(len(train), 1)))))
+        quantizer = faiss.IndexFlatIP(dim)
+        inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        if len(train) == 0:
+            raise IndexFailure("an IVF index needs training vectors")
+        inner.train(train)
+        inner.nprobe = max(1, nlist // 16)
+    else:
+        raise ValueError(f"unknown index kind {kind!r}: expected auto, flat, hnsw or ivf")
+    return faiss.IndexIDMap2(inner)
+
+
+def _check_vectors(vectors: np.ndarray, dim: int | None, what: str) -> np.ndarray:
+    arr = np.asarray(vectors)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be a 2-d array, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{what} have dimension {arr.shape[1]}, the index has {dim}")
+    if arr.dtype.kind != "f":
+        raise ValueError(f"{what} must be floating point, got dtype {arr.dtype}")
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return out
+
+
+class SongIndex:
+    """Songs of one model version, searchable by inner product.
+
+    Rows of ``factors`` line up with ``keys`` and ``names``; FAISS ids are the stable song keys, so
+    results map back to names without a per-version id table. Songs can be appended while serving
+    (new catalog songs); a new version is built aside and swapped whole.
+    """
+
+    def __init__(self, names: np.ndarray, factors: np.ndarray, kind: IndexKind = "auto",
+                 faiss_index: faiss.Index | None = None) -> None:
+        names = np.asarray(names, dtype=object)
+        factors = _check_vectors(factors, None, "song factors")
+        if names.ndim != 1 or len(names) != len(factors):
+            raise ValueError(f"{len(names)} names for {len(factors)} factor rows")
+        if len(factors) == 0:
+            raise ValueError("a song index needs at least one song")
+        keys = song_keys(names)
+        if len(np.unique(keys)) != len(keys):
+            raise ValueError("song names are not unique")
+        self.dim = int(factors.shape[1])
+        self.kind = choose_kind(len(names)) if kind == "auto" else kind
+        self._names = names
+        self._keys = keys
+        self._factors = factors
+        self._reindex()
+        if faiss_index is None:
+            faiss_index = _make_faiss(self.kind, self.dim, factors)
+            try:
+                faiss_index.add_with_ids(factors, keys)
+            except RuntimeError as exc:
+                raise IndexFailure(f"FAISS refused {len(keys)} songs: {exc}") from exc
+        elif faiss_index.ntotal != len(keys) or faiss_index.d != self.dim:
+            raise IndexFailure(f"FAISS index holds {faiss_index.ntotal}x{faiss_index.d}, "
+                               f"expected {len(keys)}x{self.dim}")
+        self._index = faiss_index
+
+    def _reindex(self) -> None:
+        self._order = np.argsort(self._keys, kind="stable")
+        self._sorted = self._keys[self._order]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self._keys
+
+    @property
+    def names(self) -> np.ndarray:
+        return self._names
+
+    @property
+    def factors(self) -> np.ndarray:
+        return self._factors
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        return self._index
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        """Row of each key in ``factors``, -1 where the song is not in this index."""
+        keys = np.asarray(keys, dtype=np.int64)
+        pos = np.searchsorted(self._sorted, keys)
+        pos = np.minimum(pos, len(self._sorted) - 1)
+        found = self._sorted[pos] == keys
+        return np.where(found, self._order[pos], -1)
+
+    def names_of(self, keys: np.ndarray) -> np.ndarray:
+        """Song names for keys (any shape); "" where unknown or -1."""
+        keys = np.asarray(keys, dtype=np.int64)
+        rows = self.rows(keys.ravel())
+        out = np.where(rows >= 0, self._names[np.maximum(rows, 0)], "")
+        return out.reshape(keys.shape)
+
+    def add(self, names: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Append songs (searchable on return); songs already present get their vector replaced."""
+        names = np.asarray(names, dtype=object)
+        vectors = _check_vectors(vectors, self.dim, "song vectors")
+        if names.ndim != 1 or len(names) != len(vectors):
+            raise ValueError(f"{len(names)} names for {len(vectors)} vectors")
+        keys = song_keys(names)
+        _, first = np.unique(keys, return_index=True)
+        if len(first) != len(keys):  # last write wins within one call
+            last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]
+            names, vectors, keys = names[last], vectors[last], keys[last]
+        rows = self.rows(keys)
+        old = rows >= 0
+        if old.any():
+            try:
+                self._index.remove_ids(keys[old])
+            except RuntimeError as exc:
+                raise IndexFailure(f"a {self.kind} index cannot replace song vectors in place; "
+                                   "they are replaced at the next retrain") from exc
+            self._factors[rows[old]] = vectors[old]
+        new = ~old
+        if new.any():
+            self._keys = np.concatenate([self._keys, keys[new]])
+            self._names = np.concatenate([self._names, names[new]])
+            self._factors = np.concatenate([self._factors, vectors[new]])
+            self._reindex()
+        try:
+            self._index.add_with_ids(vectors, keys)
+        except RuntimeError as exc:
+            raise IndexFailure(f"FAISS refused {len(keys)} songs: {exc}") from exc
+        return keys
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` songs per query row: (keys int64 [n,k], scores float32 [n,k]); -1/-inf pad."""
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        q = _check_vectors(queries, self.dim, "queries")
+        if len(q) == 0:
+            return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
+        scores, keys = self._index.search(q, min(k, len(self._keys)))
+        if keys.shape[1] < k:
+            pad = k - keys.shape[1]
+            keys = np.pad(keys, ((0, 0), (0, pad)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        scores = np.where(keys >= 0, scores, -np.inf).astype(np.float32)
+        return keys, scores
+
+    def to_bytes(self) -> bytes:
+        return bytes(faiss.serialize_index(self._index))
+
+    @classmethod
+    def from_parts(cls, names: np.ndarray, factors: np.ndarray, index_bytes: bytes | None) -> SongIndex:
+        """Rebuild from stored parts; the stored FAISS index is used as-is when given."""
+        if index_bytes is None:
+            return cls(names, factors)
+        try:
+            index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
+        except RuntimeError as exc:
+            raise IndexFailure(f"stored FAISS index cannot be read: {exc}") from exc
+        inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+        kind: IndexKind = ("hnsw" if isinstance(inner, faiss.IndexHNSW)
+                           else "ivf" if isinstance(inner, faiss.IndexIVF) else "flat")
+        return cls(names, factors, kind=kind, faiss_index=index)

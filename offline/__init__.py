@@ -1,0 +1,1 @@
+"""Offline side: the DuckDB event log, importers, training jobs and evaluation."""

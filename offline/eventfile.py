@@ -1,0 +1,112 @@
+"""Generic event files (CSV or Parquet) for import, replay and evaluation.
+
+Columns: ``user_id``, ``song_id``, ``ts`` (unix seconds, or an ISO date/time), optional ``event``
+(play|skip, default play), optional ``ms_played``, optional ``event_id``. A bad row is an error
+naming its line, or with ``skip_bad`` is skipped and counted.
+"""
+
+from __future__ import annotations
+
+from contextlib import closing
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from index_manager.errors import BadInputFile
+from online_models.batch import EventBatch
+
+REQUIRED = ("user_id", "song_id", "ts")
+OPTIONAL = ("event", "ms_played", "event_id")
+MAX_ID_CHARS = 256
+
+
+def _source(path: Path) -> tuple[str, int]:
+    """DuckDB table function for the file and the line number of its first data row."""
+    quoted = "'" + str(path).replace("'", "''") + "'"
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return f"read_parquet({quoted})", 1
+    if suffix in (".csv", ".tsv", ".txt", ".gz"):
+        return f"read_csv({quoted}, all_varchar=true, header=true)", 2
+    raise BadInputFile(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+
+
+def read_event_file(path: str | Path, skip_bad: bool = False, limit: int | None = None
+                    ) -> tuple[EventBatch, int]:
+    """Read and validate an event file; returns (events in file order, bad rows skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputFile(f"{path}: no such file")
+    source, first_line = _source(path)
+    try:
+        with closing(duckdb.connect()) as con:
+            cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+            missing = [c for c in REQUIRED if c not in cols]
+            if missing:
+                raise BadInputFile(f"{path}: missing column(s) {', '.join(missing)}; "
+                                   f"expected {', '.join(REQUIRED)} [+ {', '.join(OPTIONAL)}]")
+            ev = "lower(trim(CAST(event AS VARCHAR)))" if "event" in cols else "'play'"
+            ms = "TRY_CAST(ms_played AS DOUBLE)" if "ms_played" in cols else "NULL::DOUBLE"
+            ms_raw = "CAST(ms_played AS VARCHAR)" if "ms_played" in cols else "NULL::VARCHAR"
+            eid = "CAST(event_id AS VARCHAR)" if "event_id" in cols else "NULL::VARCHAR"
+            ts_num = ("coalesce(TRY_CAST(ts AS DOUBLE), epoch(TRY_CAST(CAST(ts AS VARCHAR) AS TIMESTAMP)))")
+            table = con.sql(f"""
+                SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(song_id AS VARCHAR) AS song_id,
+                       {ts_num} AS ts, CAST(ts AS VARCHAR) AS ts_raw, coalesce({ev}, 'play') AS event,
+                       {ms} AS ms_played, {ms_raw} AS ms_raw, {eid} AS event_id
+                FROM {source} {'' if limit is None else f'LIMIT {int(limit)}'}""").to_arrow_table()
+    except duckdb.Error as exc:
+        raise BadInputFile(f"{path}: cannot be read ({str(exc).splitlines()[0]})") from exc
+
+    def col(name: str) -> np.ndarray:
+        return table.column(name).to_numpy(zero_copy_only=False)
+
+    users, songs, events, ids = col("user_id"), col("song_id"), col("event"), col("event_id")
+    ts = np.asarray(col("ts"), dtype=np.float64)
+    ms = np.asarray(col("ms_played"), dtype=np.float64)
+    n = len(users)
+    reason = np.full(n, "", dtype=object)
+
+    def flag(mask: np.ndarray, why: str) -> None:
+        reason[(reason == "") & mask] = why
+
+    for name, arr in (("user_id", users), ("song_id", songs)):
+        flag(np.array([v is None or not str(v).strip() for v in arr], bool), f"{name} is empty")
+        flag(np.array([v is not None and (len(v) > MAX_ID_CHARS or not v.isprintable()) for v in arr], bool),
+             f"{name} is too long or has control characters")
+    flag(np.isnan(ts), "ts is not a number or date")
+    flag(~np.isnan(ts) & ((ts < 0) | ~np.isfinite(ts)), "ts is negative or infinite")
+    flag(~np.isin(events, ["play", "skip"]), "event must be play or skip")
+    ms_given = np.array([v is not None and str(v).strip() != "" for v in col("ms_raw")], bool)
+    flag(ms_given & (np.isnan(ms) | (ms < 0)), "ms_played must be a non-negative integer")
+    bad = reason != ""
+    if bad.any() and not skip_bad:
+        i = int(np.flatnonzero(bad)[0])
+        raise BadInputFile(f"{path}:{i + first_line}: {reason[i]} (of {int(bad.sum())} bad rows; "
+                           "pass --skip-bad to skip and count them)")
+    keep = ~bad
+    if ids is None or all(v is None for v in ids):
+        ids = np.array([f"{path.name}:{i + first_line}" for i in range(n)], dtype=object)
+    else:
+        ids = np.array([v if v else f"{path.name}:{i + first_line}" for i, v in enumerate(ids)], dtype=object)
+    ms = np.where(ms_given, ms, np.nan)
+    batch = EventBatch.from_columns(users[keep], songs[keep], events[keep], ts[keep], ms[keep], ids[keep])
+    return batch, int(bad.sum())
+
+
+def write_event_file(batch: EventBatch, path: str | Path) -> Path:
+    """Write events as a generic event file (.parquet or .csv by suffix)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from offline.eventlog import batch_to_arrow
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = batch_to_arrow(batch).drop(["ingested_at"])
+    if path.suffix.lower() == ".csv":
+        pacsv.write_csv(table, path)
+    else:
+        pq.write_table(table, path, compression="zstd")
+    return path

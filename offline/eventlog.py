@@ -1,0 +1,192 @@
+"""The event log: append-only Parquet segments, queried as one DuckDB table.
+
+Why segments and not one ``.duckdb`` file: DuckDB lets one process open a database file for writing
+and then no other process may even read it, but the worker writes while retrain jobs read. Each
+append writes one segment under a temporary name and renames it into place, so readers never see
+a partial file; ``compact`` merges small segments. Reads deduplicate by ``event_id``, so an event
+redelivered by Kafka after a crash is counted once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index_manager.errors import BadInputFile
+from online_models.batch import EventBatch
+from online_models.config import OnlineConfig
+from online_models.interactions import Interactions
+
+SCHEMA = pa.schema([
+    ("user_id", pa.string()), ("song_id", pa.string()), ("event", pa.string()), ("ts", pa.float64()),
+    ("ms_played", pa.int64()), ("event_id", pa.string()), ("ingested_at", pa.float64()),
+])
+
+
+def batch_to_arrow(batch: EventBatch, ingested_at: float | None = None) -> pa.Table:
+    ms = batch.ms_played
+    return pa.table({
+        "user_id": pa.array(batch.user_ids.tolist(), pa.string()),
+        "song_id": pa.array(batch.song_ids.tolist(), pa.string()),
+        "event": pa.array(batch.event_names().tolist(), pa.string()),
+        "ts": pa.array(batch.ts, pa.float64()),
+        "ms_played": pa.array(np.nan_to_num(ms).astype(np.int64), pa.int64(), mask=np.isnan(ms)),
+        "event_id": pa.array(batch.event_ids.tolist(), pa.string()),
+        "ingested_at": pa.array(np.full(len(batch), time.time() if ingested_at is None else ingested_at)),
+    }, schema=SCHEMA)
+
+
+def arrow_to_batch(table: pa.Table) -> EventBatch:
+    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    ms = table.column("ms_played").to_numpy(zero_copy_only=False).astype(np.float64) \
+        if "ms_played" in cols else None
+    return EventBatch.from_columns(cols["user_id"], cols["song_id"], cols.get("event"), cols["ts"], ms,
+                                   cols.get("event_id"))
+
+
+@dataclass(frozen=True)
+class LogRange:
+    n_events: int
+    n_users: int
+    n_songs: int
+    ts_min: float | None
+    ts_max: float | None
+
+
+class EventLog:
+    """A directory of Parquet segments holding every valid event exactly once (after dedup)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def segments(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob("*.parquet") if not p.name.startswith("."))
+
+    def append(self, batch: EventBatch) -> Path | None:
+        """Write one segment atomically (the caller is the single writer of its segments)."""
+        if len(batch) == 0:
+            return None
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = self.root / f".{name}.tmp"
+        pq.write_table(batch_to_arrow(batch), tmp, compression="zstd")
+        os.replace(tmp, self.root / name)
+        return self.root / name
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with views ``raw_events`` and ``events`` (deduplicated)."""
+        con = duckdb.connect()
+        segs = self.segments()
+        if segs:
+            files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in segs)
+            con.execute(f"CREATE VIEW raw_events AS SELECT * FROM read_parquet([{files}], union_by_name=true)")
+        else:
+            con.execute("CREATE TABLE raw_events (user_id VARCHAR, song_id VARCHAR, event VARCHAR, ts DOUBLE, "
+                        "ms_played BIGINT, event_id VARCHAR, ingested_at DOUBLE)")
+        con.execute("""
+            CREATE VIEW events AS
+            SELECT * EXCLUDE (rn) FROM (
+                SELECT *, row_number() OVER (PARTITION BY coalesce(event_id, '#' || user_id || song_id || ts)
+                                             ORDER BY ingested_at) AS rn
+                FROM raw_events) WHERE rn = 1""")
+        return con
+
+    def range(self, until: float | None = None) -> LogRange:
+        with closing(self.connect()) as con:
+            where = "" if until is None else f"WHERE ts <= {float(until)!r}"
+            row = con.execute(f"SELECT count(*), count(DISTINCT user_id), count(DISTINCT song_id), min(ts), max(ts) "
+                              f"FROM events {where}").fetchall()[0]
+        assert row is not None
+        return LogRange(int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
+
+    def read(self, since: float | None = None, until: float | None = None) -> EventBatch:
+        """Events (deduplicated) with since < ts <= until, in time order."""
+        with closing(self.connect()) as con:
+            table = con.sql(f"SELECT user_id, song_id, event, ts, ms_played, event_id FROM events "
+                                f"{_window(since, until)} ORDER BY ts, ingested_at, event_id").to_arrow_table()
+        return arrow_to_batch(table)
+
+    def interactions(self, config: OnlineConfig, since: float | None = None, until: float | None = None
+                     ) -> Interactions:
+        """Training input aggregated in SQL with the online state's rules (``online_models.history``):
+        plays weigh min(1, ms_played / full_play_ms) (1 when unknown), skips ``skip_weight``, each
+        decayed by its age relative to the user's latest event; the strongest ``max_history`` songs
+        per user are kept."""
+        half_life_s = config.half_life_days * 86400.0
+        decay = "1.0" if half_life_s <= 0 else f"exp(-ln(2) * (user_last - ts) / {half_life_s!r})"
+        sql = f"""
+            WITH w AS (SELECT * FROM events {_window(since, until)}),
+            u AS (SELECT *, max(ts) OVER (PARTITION BY user_id) AS user_last FROM w),
+            agg AS (
+                SELECT user_id, song_id,
+                    sum(CASE WHEN event = 'play' THEN
+                            (CASE WHEN ms_played IS NULL THEN 1.0
+                                  ELSE least(greatest(ms_played / {config.full_play_ms!r}, 0.05), 1.0) END)
+                            * {decay} ELSE 0.0 END) AS pos,
+                    sum(CASE WHEN event = 'skip' THEN {config.skip_weight!r} * {decay} ELSE 0.0 END) AS neg
+                FROM u GROUP BY user_id, song_id),
+            ranked AS (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY pos + neg DESC, song_id) AS r
+                       FROM agg)
+            SELECT user_id, song_id, pos, neg FROM ranked WHERE r <= {int(config.max_history)}
+            ORDER BY user_id, song_id"""
+        with closing(self.connect()) as con:
+            t = con.sql(sql).to_arrow_table()
+        return Interactions(t.column("user_id").to_numpy(zero_copy_only=False),
+                            t.column("song_id").to_numpy(zero_copy_only=False),
+                            t.column("pos").to_numpy(), t.column("neg").to_numpy())
+
+    def popularity(self, since: float | None = None, until: float | None = None, limit: int = 1000
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        with closing(self.connect()) as con:
+            rows = con.execute(f"SELECT song_id, count(*) AS n FROM events {_window(since, until)} "
+                               f"{'AND' if since is not None or until is not None else 'WHERE'} event = 'play' "
+                               f"GROUP BY song_id ORDER BY n DESC, song_id LIMIT {int(limit)}").fetchall()
+        return np.array([r[0] for r in rows], dtype=object), np.array([r[1] for r in rows], dtype=np.float64)
+
+    def compact(self, min_segments: int = 32) -> int:
+        """Merge all current segments into one (deduplicated); returns how many were merged.
+        A crash between writing the merged file and deleting the old ones leaves duplicates that
+        reads deduplicate anyway."""
+        segs = self.segments()
+        if len(segs) < min_segments:
+            return 0
+        with closing(self.connect()) as con:
+            table = con.sql("SELECT user_id, song_id, event, ts, ms_played, event_id, ingested_at "
+                                "FROM events ORDER BY ts").to_arrow_table()
+        name = f"seg-{time.time_ns():020d}-compacted.parquet"
+        tmp = self.root / f".{name}.tmp"
+        pq.write_table(table.cast(SCHEMA), tmp, compression="zstd")
+        os.replace(tmp, self.root / name)
+        for p in segs:
+            p.unlink(missing_ok=True)
+        return len(segs)
+
+    def import_file(self, path: str | Path, skip_bad: bool = False) -> tuple[int, int]:
+        """Append a generic event file; returns (events added, bad rows skipped)."""
+        from offline.eventfile import read_event_file
+
+        batch, skipped = read_event_file(path, skip_bad=skip_bad)
+        if len(batch) == 0:
+            raise BadInputFile(f"{path}: no valid events")
+        self.append(batch)
+        return len(batch), skipped
+
+
+def _window(since: float | None, until: float | None) -> str:
+    conds = []
+    if since is not None:
+        conds.append(f"ts > {float(since)!r}")
+    if until is not None:
+        conds.append(f"ts <= {float(until)!r}")
+    return ("WHERE " + " AND ".join(conds)) if conds else ""

@@ -1,0 +1,84 @@
+"""ALS fold-in: the least-squares user vector for fixed item factors, for many users at once.
+
+For user u with items i, confidences c_ui and preferences p_ui (Hu, Koren & Volinsky 2008):
+    x_u = (YᵀY + Σ_i (c_ui - 1) y_i y_iᵀ + λI)⁻¹ Σ_i c_ui p_ui y_i
+Users are grouped by history length and padded, so every group is one batched matmul and one
+batched ``np.linalg.solve``; there is no per-user Python loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# rows of (users x padded history) materialised per group; bounds memory at ~64 MB for 64 factors
+_GROUP_ROWS = 262_144
+
+
+def confidences(pos: np.ndarray, neg: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence c = 1 + alpha * |pos - neg| and preference p = [pos > neg] per history row."""
+    net = np.asarray(pos, dtype=np.float64) - np.asarray(neg, dtype=np.float64)
+    return 1.0 + alpha * np.abs(net), (net > 0).astype(np.float64)
+
+
+def fold_in(item_factors: np.ndarray, gram: np.ndarray, slots: np.ndarray, rows: np.ndarray,
+            conf: np.ndarray, pref: np.ndarray, n_users: int, regularization: float) -> np.ndarray:
+    """User vectors (n_users x f, float32) from history rows given as parallel arrays.
+
+    ``slots[n]`` is the user (0..n_users-1) of history row n, ``rows[n]`` the item's row in
+    ``item_factors``; ``gram`` is ``item_factors.T @ item_factors``. Users without rows get zeros.
+    """
+    y = np.asarray(item_factors)
+    if y.ndim != 2:
+        raise ValueError(f"item_factors must be 2-d, got shape {y.shape}")
+    f = y.shape[1]
+    if gram.shape != (f, f):
+        raise ValueError(f"gram has shape {gram.shape}, expected ({f}, {f})")
+    slots = np.asarray(slots, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    conf = np.asarray(conf, dtype=np.float64)
+    pref = np.asarray(pref, dtype=np.float64)
+    n = len(slots)
+    if not (len(rows) == len(conf) == len(pref) == n):
+        raise ValueError("slots, rows, conf and pref must have the same length")
+    out = np.zeros((n_users, f), dtype=np.float32)
+    if n == 0:
+        return out
+    if slots.min() < 0 or slots.max() >= n_users:
+        raise ValueError("slots out of range")
+    if rows.min() < 0 or rows.max() >= len(y):
+        raise ValueError("rows out of range of item_factors")
+    if (conf < 1.0).any():
+        raise ValueError("confidences must be >= 1")
+
+    order = np.argsort(slots, kind="stable")
+    slots, rows, conf, pref = slots[order], rows[order], conf[order], pref[order]
+    users, start, counts = np.unique(slots, return_index=True, return_counts=True)
+    pos_in_user = np.arange(n) - np.repeat(start, counts)
+    base = gram.astype(np.float64) + regularization * np.eye(f)
+    y64 = y.astype(np.float64)
+
+    by_len = np.argsort(counts, kind="stable")
+    i = 0
+    while i < len(by_len):
+        longest = counts[by_len[i]]
+        j = i + 1
+        while j < len(by_len) and (j - i + 1) * counts[by_len[j]] <= max(_GROUP_ROWS, counts[by_len[j]]):
+            j += 1
+        group = by_len[i:j]
+        width = int(counts[group].max()) if len(group) else longest
+        member = np.zeros(len(users), dtype=np.int64) - 1
+        member[group] = np.arange(len(group))
+        sel = np.flatnonzero(member[np.searchsorted(users, slots)] >= 0)
+        g_slot = member[np.searchsorted(users, slots[sel])]
+        g_pos = pos_in_user[sel]
+        yg = np.zeros((len(group), width, f))
+        yg[g_slot, g_pos] = y64[rows[sel]]
+        cm1 = np.zeros((len(group), width))
+        cm1[g_slot, g_pos] = conf[sel] - 1.0
+        cp = np.zeros((len(group), width))
+        cp[g_slot, g_pos] = conf[sel] * pref[sel]
+        a = np.matmul(np.transpose(yg * cm1[..., None], (0, 2, 1)), yg) + base
+        b = np.einsum("ul,ulf->uf", cp, yg)
+        out[users[group]] = np.linalg.solve(a, b[..., None])[..., 0]
+        i = j
+    return out

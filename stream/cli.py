@@ -1,0 +1,265 @@
+"""``musicrec``: the one command-line entry point."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from index_manager.errors import MusicrecError
+from stream.settings import Settings, declared, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Streaming music recommender: Kafka/Faust in, online ALS + FAISS, Redis out.")
+import_app = typer.Typer(no_args_is_help=True, help="Import public data sets or event files.")
+app.add_typer(import_app, name="import")
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Overrides MUSICREC_DATA_DIR.")]
+
+
+def _settings(**overrides: Any) -> Settings:
+    return load_settings({k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err)
+
+
+@app.command()
+def up(kafka_port: Annotated[int, typer.Option(help="Fixed broker port (default: a free one).")] = 0,
+       redis_port: Annotated[int, typer.Option(help="Fixed Redis port (default: a free one).")] = 0) -> None:
+    """Start an embedded Kafka broker (Tansu) and redis-server on loopback; Ctrl-C stops both."""
+    from stream.services import EmbeddedServices
+
+    with EmbeddedServices(kafka_port, redis_port) as services:
+        console.print("[green]Embedded services are up (loopback only, in-memory).[/] Use them with:")
+        console.print(f"export KAFKA_BOOTSTRAP={services.kafka_bootstrap}")
+        console.print(f"export REDIS_URL={services.redis_url}")
+        stop = {"now": False}
+
+        def _stop(*_: object) -> None:
+            stop["now"] = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            while not stop["now"]:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        console.print("stopping embedded services")
+
+
+@app.command()
+def worker(data_dir: DataDir = None,
+           loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn") -> None:
+    """Consume events in micro-batches, learn online, write every touched user's list to Redis."""
+    from stream.kafka_io import ensure_topics
+    from stream.pipeline import BatchProcessor
+    from stream.redis_store import connect
+    from stream.worker import run_worker
+
+    settings = _settings(data_dir=data_dir)
+    cfg = settings.stream
+    levels = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
+              "debug": logging.DEBUG}
+    if loglevel not in levels:
+        raise typer.BadParameter(f"--loglevel must be one of {', '.join(levels)}")
+    logging.basicConfig(level=levels[loglevel], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_topics(cfg)
+    processor = BatchProcessor(settings, connect(cfg.redis_url))
+    n = processor.restore()
+    version = processor.published_version()
+    if version is not None:
+        processor.try_swap(version)
+    written = processor.refresh_active()
+    err.print(f"worker {processor.worker_id}: restored {n} events from {cfg.log_dir}, model "
+              f"{processor.model.holder.version or 'none (popularity)'}, refreshed {written} users")
+    run_worker(settings, processor, loglevel=loglevel)
+
+
+@import_app.command("lastfm-hetrec")
+def import_lastfm_cmd(directory: Annotated[Path, typer.Argument(help="hetrec2011-lastfm-2k directory")],
+                      out: Annotated[Path, typer.Option(help="Output directory")] = Path("musicrec-data/imports"),
+                      ) -> None:
+    """Last.fm HetRec 2011: dated tag events -> generic event file; artists -> catalog."""
+    from offline.importers import import_lastfm
+
+    r = import_lastfm(directory, out)
+    console.print(f"{r.n_events} events of {r.n_users} users on {r.n_songs} artists -> {r.events_path}\n"
+                  f"catalog -> {r.catalog_path}\nundated play counts -> {r.extra['plays']}\n"
+                  f"skipped {r.skipped} tag rows dated before 2005 (known bogus dates)")
+
+
+@import_app.command("spotify")
+def import_spotify_cmd(csv: Annotated[Path, typer.Argument(help="spotify_songs.csv")],
+                       out: Annotated[Path, typer.Option(help="Output directory")] = Path("musicrec-data/imports"),
+                       ) -> None:
+    """TidyTuesday Spotify songs: catalog with audio features, playlists, playlist events."""
+    from offline.importers import import_spotify
+
+    r = import_spotify(csv, out)
+    console.print(f"{r.n_songs} songs -> {r.catalog_path}\nplaylists -> {r.extra['playlists']}\n"
+                  f"{r.n_events} playlist-as-user events of {r.n_users} playlists -> {r.events_path}")
+
+
+@import_app.command("events")
+def import_events_cmd(file: Annotated[Path, typer.Argument(help="generic event file (.csv/.parquet)")],
+                      data_dir: DataDir = None,
+                      skip_bad: Annotated[bool, typer.Option(help="Skip and count bad rows")] = False) -> None:
+    """Append a generic event file to the event log (bulk history, no Kafka)."""
+    from offline.eventlog import EventLog
+
+    settings = _settings(data_dir=data_dir)
+    added, skipped = EventLog(settings.stream.log_dir).import_file(file, skip_bad=skip_bad)
+    console.print(f"appended {added} events to {settings.stream.log_dir}" +
+                  (f" (skipped {skipped} bad rows)" if skipped else ""))
+
+
+@app.command()
+def replay(file: Annotated[Path, typer.Argument(help="generic event file (.csv/.parquet)")],
+           rate: Annotated[float, typer.Option(help="events per second; 0 = as fast as possible")] = 1000.0,
+           start_fraction: Annotated[float, typer.Option(help="skip this leading fraction of the events")] = 0.0,
+           limit: Annotated[int | None, typer.Option(help="send at most this many events")] = None,
+           skip_bad: Annotated[bool, typer.Option(help="Skip and count bad rows")] = False) -> None:
+    """Produce an event file into the events topic, in time order, at a fixed rate."""
+    from offline.eventfile import read_event_file
+    from stream.kafka_io import EventProducer, ensure_topics
+    from stream.replay import replay as do_replay
+
+    if not 0.0 <= start_fraction < 1.0:
+        raise typer.BadParameter("--start-fraction must be in [0, 1)")
+    settings = _settings()
+    events, skipped = read_event_file(file, skip_bad=skip_bad)
+    events = events.sorted_by_time()
+    events = events.take(slice(int(start_fraction * len(events)), None))
+    if limit is not None:
+        events = events.take(slice(0, limit))
+    ensure_topics(settings.stream)
+    with EventProducer(settings.stream) as producer, progress_bar() as bar:
+        task = bar.add_task("replay", total=len(events), rate=f"{rate:.0f}/s" if rate else "max")
+        result = do_replay(producer, events, rate, on_progress=lambda n: bar.advance(task, n))
+    console.print(f"sent {result.sent} events in {result.seconds:.1f}s ({result.rate:.0f}/s) to "
+                  f"{settings.stream.events_topic}" + (f"; skipped {skipped} bad rows" if skipped else ""))
+
+
+@app.command()
+def retrain(model: Annotated[str, typer.Option(help="als")] = "als",
+            data_dir: DataDir = None,
+            until: Annotated[float | None, typer.Option(help="train on events with ts <= UNTIL")] = None,
+            publish: Annotated[bool, typer.Option(help="point workers at the new version")] = True) -> None:
+    """Train a full model from the event log, write a new version, publish it."""
+    from offline.eventlog import EventLog
+    from offline.retrain import retrain_als
+
+    if model != "als":
+        raise typer.BadParameter(f"unknown model {model!r}")
+    settings = _settings(data_dir=data_dir)
+    cfg = settings.stream
+    result = retrain_als(EventLog(cfg.log_dir), cfg.artifacts_dir, settings.model, until=until, show_progress=True)
+    console.print(f"trained {model} on {result.n_events} events in {result.seconds:.1f}s -> version "
+                  f"{result.version}")
+    if publish:
+        from stream.publish import publish_version
+        from stream.redis_store import RedisKeys, connect
+
+        publish_version(connect(cfg.redis_url), RedisKeys(cfg.redis_namespace), result.version)
+        console.print(f"published {result.version}")
+
+
+@app.command()
+def recs(user_id: Annotated[str, typer.Argument(help="user id")],
+         k: Annotated[int, typer.Option("-k", help="how many songs")] = 10,
+         as_json: Annotated[bool, typer.Option("--json", help="print the raw value as JSON")] = False) -> None:
+    """Read a user's current recommendations from Redis (popularity for unknown users)."""
+    from stream.redis_store import RecsClient
+
+    cfg = _settings().stream
+    result = RecsClient(cfg.redis_url, cfg.redis_namespace).get(user_id, k)
+    if result is None:
+        err.print("no recommendations published yet (is a worker running?)")
+        raise typer.Exit(1)
+    if as_json:
+        console.print_json(json.dumps(result.to_json()))
+        return
+    table = Table(title=f"user {user_id}" + (" (unknown: popularity)" if result.fallback else ""))
+    for col in ("#", "song", "score", "because"):
+        table.add_column(col)
+    for i, item in enumerate(result.items, 1):
+        table.add_row(str(i), item["song_id"], f"{item['score']:.3f}" if item["score"] is not None else "",
+                      item.get("because") or "")
+    console.print(table)
+    console.print(f"model {result.model_version}, updated {time.time() - result.updated_at:.1f}s ago")
+
+
+@app.command()
+def status() -> None:
+    """Workers' counters and the published model version."""
+    from stream.redis_store import RedisKeys, connect
+
+    cfg = _settings().stream
+    client = connect(cfg.redis_url)
+    keys = RedisKeys(cfg.redis_namespace)
+    pointer = client.get(keys.model_pointer())
+    console.print(f"published model: {pointer.decode() if pointer else 'none'}")
+    table = Table(title="workers")
+    for col in ("worker", "version", "events", "refused (DLQ)", "users", "last batch ms", "age s"):
+        table.add_column(col)
+    for key in sorted(client.scan_iter(keys.stats_pattern())):
+        raw = client.get(key)
+        if raw is None:
+            continue
+        s = json.loads(raw)
+        table.add_row(s["worker"], str(s["version"]), str(s["events"]), str(s["refused"]), str(s["users"]),
+                      f"{s['last_batch_ms']:.1f}", f"{time.time() - s['updated_at']:.0f}")
+    console.print(table)
+
+
+@app.command("config")
+def show_config() -> None:
+    """Every setting with its environment variable, default, current value and meaning."""
+    settings = _settings()
+    table = Table(title="settings (flags > env > musicrec.toml > default)")
+    for col in ("env var", "default", "current", "meaning"):
+        table.add_column(col, overflow="fold")
+    for section, name, env, default, _typ, doc in declared():
+        current = getattr(getattr(settings, section), name)
+        shown = "***" if "PASSWORD" in env and current else str(current)
+        table.add_row(env, str(default), shown, doc)
+    console.print(table)
+
+
+@app.command()
+def demo(data: Annotated[Path, typer.Option(help="hetrec2011-lastfm-2k directory")] =
+         Path("../shared/data/hetrec2011-lastfm-2k"),
+         rate: Annotated[float, typer.Option(help="replay rate, events/s")] = 3000.0,
+         train_fraction: Annotated[float, typer.Option(help="leading fraction of the timeline to train on")] = 0.8,
+         users: Annotated[int, typer.Option(help="users to show before/after")] = 3) -> None:
+    """End to end on real data: embedded services, import Last.fm, train on the first 80%, run a worker,
+    replay the rest through Kafka, show recommendations changing and the event->Redis freshness."""
+    from stream.demo import run_demo
+
+    run_demo(data, rate=rate, train_fraction=train_fraction, show_users=users, console=console)
+
+
+def main() -> None:
+    try:
+        app()
+    except MusicrecError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The wire contract: JSON listening and catalog events, validated the same way by producer and worker.
+
+Listening event (topic ``music.events``, key = user_id)::
+
+    {"user_id": str, "song_id": str, "event": "play"|"skip", "ts": unix seconds,
+     "ms_played": int|null, "event_id": str|null}
+
+Catalog event (topic ``music.songs``, key = song_id)::
+
+    {"song_id": str, "title": str, "artist": str, "genre": str?, "features": {name: float}?, "ts": float}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from index_manager.errors import InvalidEvent
+from online_models.batch import KIND_OF, EventBatch
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_ID_CHARS = 256
+MAX_FUTURE_S = 86400.0
+MAX_MS_PLAYED = 24 * 3600 * 1000
+MAX_FEATURES = 256
+_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidEvent(f"JSON constant {name} is not allowed")
+
+
+def check_id(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{name} must be a string, got {type(value).__name__}")
+    if not value or value.strip() == "":
+        raise InvalidEvent(f"{name} is empty")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidEvent(f"{name} is longer than {MAX_ID_CHARS} characters")
+    if not _CONTROL.isdisjoint(value):
+        raise InvalidEvent(f"{name} contains control characters")
+    return value
+
+
+def _check_ts(value: Any, now: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEvent(f"ts must be a number (unix seconds), got {type(value).__name__}")
+    ts = float(value)
+    if not math.isfinite(ts):
+        raise InvalidEvent("ts is not finite")
+    if ts < 0:
+        raise InvalidEvent("ts is negative")
+    if ts > now + MAX_FUTURE_S:
+        raise InvalidEvent("ts is more than a day in the future")
+    return ts
+
+
+def _decode_object(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidEvent(f"message is larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("message is not valid UTF-8") from exc
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(f"message is not JSON ({exc.msg} at char {exc.pos})") from exc
+    except RecursionError as exc:
+        raise InvalidEvent("message nests too deeply") from exc
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"message must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+@dataclass
+class ParsedEvent:
+    user_id: str
+    song_id: str
+    kind: int
+    ts: float
+    ms_played: float
+    event_id: str | None
+
+
+def validate_event(obj: dict[str, Any], key: bytes | None = None, now: float | None = None) -> ParsedEvent:
+    """Check one decoded event against the contract; raises InvalidEvent with the reason."""
+    now = time.time() if now is None else now
+    user = check_id(obj.get("user_id"), "user_id")
+    song = check_id(obj.get("song_id"), "song_id")
+    event = obj.get("event", "play")
+    if event not in KIND_OF:
+        raise InvalidEvent(f"event must be 'play' or 'skip', got {str(event)[:40]!r}")
+    if "ts" not in obj:
+        raise InvalidEvent("ts is missing")
+    ts = _check_ts(obj["ts"], now)
+    ms = obj.get("ms_played")
+    if ms is not None:
+        if isinstance(ms, bool) or not isinstance(ms, int | float) or not math.isfinite(ms):
+            raise InvalidEvent("ms_played must be an integer or null")
+        if ms < 0 or ms > MAX_MS_PLAYED:
+            raise InvalidEvent(f"ms_played must be within 0..{MAX_MS_PLAYED}")
+    event_id = obj.get("event_id")
+    if event_id is not None:
+        event_id = check_id(event_id, "event_id")
+    if key is not None and key != user.encode("utf-8"):
+        raise InvalidEvent("message key must equal user_id (events are partitioned by user)")
+    return ParsedEvent(user, song, KIND_OF[event], ts, math.nan if ms is None else float(ms), event_id)
+
+
+def parse_event(raw: bytes, key: bytes | None = None, now: float | None = None) -> ParsedEvent:
+    return validate_event(_decode_object(raw), key, now)
+
+
+@dataclass
+class ParseResult:
+    """Valid events of a batch in arrival order, and the refused ones with their reasons."""
+
+    events: EventBatch
+    positions: np.ndarray  # index of each valid event in the input batch
+    refused: list[tuple[int, str]] = field(default_factory=list)
+
+
+def parse_events(values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None,
+                 fallback_ids: Sequence[str] | None = None, now: float | None = None) -> ParseResult:
+    """Validate a micro-batch of raw messages. Messages without an event_id get ``fallback_ids[i]``
+    (the worker passes ``topic/partition/offset``, stable across redeliveries)."""
+    now = time.time() if now is None else now
+    users: list[str] = []
+    songs: list[str] = []
+    kinds: list[int] = []
+    ts: list[float] = []
+    ms: list[float] = []
+    ids: list[str | None] = []
+    positions: list[int] = []
+    refused: list[tuple[int, str]] = []
+    for i, raw in enumerate(values):
+        try:
+            if raw is None:
+                raise InvalidEvent("message has no value")
+            ev = parse_event(raw, None if keys is None else keys[i], now)
+        except InvalidEvent as exc:
+            refused.append((i, exc.reason))
+            continue
+        users.append(ev.user_id)
+        songs.append(ev.song_id)
+        kinds.append(ev.kind)
+        ts.append(ev.ts)
+        ms.append(ev.ms_played)
+        ids.append(ev.event_id if ev.event_id is not None
+                   else (fallback_ids[i] if fallback_ids is not None else None))
+        positions.append(i)
+    batch = EventBatch(np.array(users, dtype=object), np.array(songs, dtype=object),
+                       np.array(kinds, dtype=np.int8), np.array(ts, dtype=np.float64),
+                       np.array(ms, dtype=np.float64), np.array(ids, dtype=object))
+    return ParseResult(batch, np.array(positions, dtype=np.int64), refused)
+
+
+def encode_event(user_id: str, song_id: str, event: str = "play", ts: float | None = None,
+                 ms_played: int | None = None, event_id: str | None = None) -> bytes:
+    """Serialise one listening event, validating it first (a producer never sends a bad one)."""
+    obj = {"user_id": user_id, "song_id": song_id, "event": event,
+           "ts": time.time() if ts is None else ts, "ms_played": ms_played, "event_id": event_id}
+    validate_event(obj)
+    return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def encode_batch(batch: EventBatch) -> Iterable[tuple[bytes, bytes]]:
+    """(key, value) messages of a batch, validated one by one."""
+    names = batch.event_names()
+    for i in range(len(batch)):
+        ms = batch.ms_played[i]
+        yield batch.user_ids[i].encode("utf-8"), encode_event(
+            batch.user_ids[i], batch.song_ids[i], names[i], float(batch.ts[i]),
+            None if math.isnan(ms) else int(ms), batch.event_ids[i])
+
+
+@dataclass
+class Song:
+    song_id: str
+    title: str
+    artist: str
+    genre: str | None
+    features: dict[str, float]
+    ts: float
+
+
+def parse_song(raw: bytes, key: bytes | None = None, now: float | None = None) -> Song:
+    """Validate one catalog message; feature values must be finite numbers."""
+    now = time.time() if now is None else now
+    obj = _decode_object(raw)
+    song = check_id(obj.get("song_id"), "song_id")
+    title, artist = obj.get("title", ""), obj.get("artist", "")
+    if not isinstance(title, str) or not isinstance(artist, str):
+        raise InvalidEvent("title and artist must be strings")
+    if len(title) > 4 * MAX_ID_CHARS or len(artist) > 4 * MAX_ID_CHARS:
+        raise InvalidEvent("title or artist is too long")
+    genre = obj.get("genre")
+    if genre is not None and not isinstance(genre, str):
+        raise InvalidEvent("genre must be a string or absent")
+    feats = obj.get("features") or {}
+    if not isinstance(feats, dict):
+        raise InvalidEvent("features must be an object of name -> number")
+    if len(feats) > MAX_FEATURES:
+        raise InvalidEvent(f"more than {MAX_FEATURES} features")
+    clean: dict[str, float] = {}
+    for name, value in feats.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidEvent(f"feature {str(name)[:40]!r} must be a finite number")
+        clean[str(name)] = float(value)
+    ts = _check_ts(obj.get("ts", now), now)
+    if key is not None and key != song.encode("utf-8"):
+        raise InvalidEvent("message key must equal song_id")
+    return Song(song, title, artist, genre, clean, ts)
+
+
+def encode_song(song: Song) -> bytes:
+    obj = {"song_id": song.song_id, "title": song.title, "artist": song.artist, "genre": song.genre,
+           "features": song.features, "ts": song.ts}
+    data = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    parse_song(data)
+    return data

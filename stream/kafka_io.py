@@ -1,0 +1,161 @@
+"""kafka-python at the edge: client settings, topic creation, a validating producer, an assign() reader.
+
+kafka-python is used for producing and for plain reads with ``assign()`` (its *group* consumer hangs
+against Tansu); group consumption is Faust's job (``stream.worker``). Library exceptions become
+``ServiceUnavailable`` here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from index_manager.errors import ConfigError, ServiceUnavailable
+from online_models.batch import EventBatch
+from stream.events import Song, encode_batch, encode_song
+from stream.settings import StreamConfig
+
+
+def client_config(cfg: StreamConfig) -> dict[str, Any]:
+    """Connection settings shared by every kafka-python client (security passes straight through)."""
+    if not cfg.kafka_bootstrap:
+        raise ConfigError("KAFKA_BOOTSTRAP is not set (or run `musicrec up` and export what it prints)")
+    conf: dict[str, Any] = {"bootstrap_servers": cfg.kafka_bootstrap.split(","),
+                            "security_protocol": cfg.kafka_security_protocol}
+    if cfg.kafka_security_protocol.startswith("SASL"):
+        conf.update(sasl_mechanism=cfg.kafka_sasl_mechanism or "PLAIN",
+                    sasl_plain_username=cfg.kafka_sasl_username,
+                    sasl_plain_password=cfg.kafka_sasl_password)
+    if cfg.kafka_ssl_cafile:
+        conf["ssl_cafile"] = cfg.kafka_ssl_cafile
+    return conf
+
+
+def with_retries(what: str, fn: Any, attempts: int = 6, first_delay: float = 0.5) -> Any:
+    """Call ``fn`` with exponential backoff while the broker is unreachable."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (KafkaError, OSError) as exc:
+            if attempt == attempts:
+                raise ServiceUnavailable(f"{what}: Kafka unreachable after {attempts} attempts ({exc})") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def ensure_topics(cfg: StreamConfig) -> None:
+    """Create the events, catalog and dead-letter topics if they do not exist (idempotent)."""
+    wanted = [NewTopic(cfg.events_topic, cfg.partitions, 1), NewTopic(cfg.songs_topic, 1, 1),
+              NewTopic(cfg.dlq_topic, 1, 1)]
+
+    def create() -> None:
+        admin = KafkaAdminClient(**client_config(cfg), request_timeout_ms=10000)
+        try:
+            existing = set(admin.list_topics())
+            missing = [t for t in wanted if t.name not in existing]
+            if missing:
+                try:
+                    admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass  # another process won the race
+        finally:
+            admin.close()
+
+    with_retries("creating topics", create)
+
+
+class EventProducer:
+    """Validating producer of listening and catalog events (kafka-python)."""
+
+    def __init__(self, cfg: StreamConfig, linger_ms: int = 5) -> None:
+        self.cfg = cfg
+        self._producer: KafkaProducer = with_retries("connecting the producer", lambda: KafkaProducer(
+            **client_config(cfg), linger_ms=linger_ms, batch_size=1 << 16, acks=1, retries=5))
+
+    def send_events(self, batch: EventBatch, topic: str | None = None) -> int:
+        """Validate and send every event of ``batch`` (key = user_id); returns how many were sent."""
+        send = self._producer.send
+        target = topic or self.cfg.events_topic
+        n = 0
+        for key, value in encode_batch(batch):
+            send(target, key=key, value=value)
+            n += 1
+        return n
+
+    def send_raw(self, values: Iterable[bytes], keys: Iterable[bytes | None] | None = None,
+                 topic: str | None = None) -> None:
+        """Send bytes as they are (no validation): for tests and tools that exercise the DLQ."""
+        keys = keys if keys is not None else iter(lambda: None, 0)
+        for key, value in zip(keys, values, strict=False):
+            self._producer.send(topic or self.cfg.events_topic, key=key, value=value)
+
+    def send_songs(self, songs: Iterable[Song]) -> int:
+        n = 0
+        for song in songs:
+            self._producer.send(self.cfg.songs_topic, key=song.song_id.encode("utf-8"), value=encode_song(song))
+            n += 1
+        return n
+
+    def flush(self, timeout: float = 30.0) -> None:
+        try:
+            self._producer.flush(timeout=timeout)
+        except KafkaError as exc:
+            raise ServiceUnavailable(f"Kafka did not acknowledge produced events ({exc})") from exc
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+        self.close()
+
+
+@dataclass
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    timestamp_ms: int
+
+
+def read_topic(cfg: StreamConfig, topic: str, timeout: float = 5.0, max_records: int | None = None
+               ) -> list[Record]:
+    """Every record currently in ``topic`` (all partitions, from the beginning), read with assign()."""
+    consumer = with_retries("connecting a reader", lambda: KafkaConsumer(
+        **client_config(cfg), enable_auto_commit=False, consumer_timeout_ms=int(timeout * 1000)))
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        remaining = {tp: end[tp] for tp in tps if end[tp] > 0}
+        out: list[Record] = []
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            for tp, msgs in consumer.poll(timeout_ms=200).items():
+                for m in msgs:
+                    out.append(Record(m.partition, m.offset, m.key, m.value,
+                                      {k: v for k, v in (m.headers or [])}, m.timestamp))
+                    if m.offset + 1 >= end[tp]:
+                        remaining.pop(tp, None)
+            if max_records is not None and len(out) >= max_records:
+                break
+        return out
+    finally:
+        consumer.close()

