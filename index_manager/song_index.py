@@ -145,7 +145,7 @@ class SongIndex:
         old = rows >= 0
         if old.any():
             try:
-                self._index.remove_ids(keys[old])
+                self._index.remove_ids(keys[old])  # type: ignore[arg-type]  # SWIG accepts arrays
             except RuntimeError as exc:
                 raise IndexFailure(f"a {self.kind} index cannot replace song vectors in place; "
                                    "they are replaced at the next retrain") from exc

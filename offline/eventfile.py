@@ -46,15 +46,15 @@ def read_event_file(path: str | Path, skip_bad: bool = False, limit: int | None 
             if missing:
                 raise BadInputFile(f"{path}: missing column(s) {', '.join(missing)}; "
                                    f"expected {', '.join(REQUIRED)} [+ {', '.join(OPTIONAL)}]")
-            ev = "lower(trim(CAST(event AS VARCHAR)))" if "event" in cols else "'play'"
-            ms = "TRY_CAST(ms_played AS DOUBLE)" if "ms_played" in cols else "NULL::DOUBLE"
-            ms_raw = "CAST(ms_played AS VARCHAR)" if "ms_played" in cols else "NULL::VARCHAR"
-            eid = "CAST(event_id AS VARCHAR)" if "event_id" in cols else "NULL::VARCHAR"
+            ev_sql = "lower(trim(CAST(event AS VARCHAR)))" if "event" in cols else "'play'"
+            ms_sql = "TRY_CAST(ms_played AS DOUBLE)" if "ms_played" in cols else "NULL::DOUBLE"
+            ms_raw_sql = "CAST(ms_played AS VARCHAR)" if "ms_played" in cols else "NULL::VARCHAR"
+            eid_sql = "CAST(event_id AS VARCHAR)" if "event_id" in cols else "NULL::VARCHAR"
             ts_num = ("coalesce(TRY_CAST(ts AS DOUBLE), epoch(TRY_CAST(CAST(ts AS VARCHAR) AS TIMESTAMP)))")
             table = con.sql(f"""
                 SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(song_id AS VARCHAR) AS song_id,
-                       {ts_num} AS ts, CAST(ts AS VARCHAR) AS ts_raw, coalesce({ev}, 'play') AS event,
-                       {ms} AS ms_played, {ms_raw} AS ms_raw, {eid} AS event_id
+                       {ts_num} AS ts, CAST(ts AS VARCHAR) AS ts_raw, coalesce({ev_sql}, 'play') AS event,
+                       {ms_sql} AS ms_played, {ms_raw_sql} AS ms_raw, {eid_sql} AS event_id
                 FROM {source} {'' if limit is None else f'LIMIT {int(limit)}'}""").to_arrow_table()
     except duckdb.Error as exc:
         raise BadInputFile(f"{path}: cannot be read ({str(exc).splitlines()[0]})") from exc

@@ -27,7 +27,7 @@ LASTFM_FIRST_YEAR = 2005
 
 @dataclass(frozen=True)
 class ImportResult:
-    events_path: Path | None
+    events_path: Path
     catalog_path: Path
     n_events: int
     n_songs: int
@@ -122,7 +122,8 @@ def import_spotify(csv_path: str | Path, out_dir: str | Path) -> ImportResult:
                 GROUP BY track_id ORDER BY min(line)""").to_arrow_table()
             playlists = con.sql("""
                 SELECT DISTINCT playlist_id, track_id AS song_id, playlist_genre AS genre, playlist_name
-                FROM s WHERE track_id IS NOT NULL AND playlist_id IS NOT NULL ORDER BY playlist_id, song_id""").to_arrow_table()
+                FROM s WHERE track_id IS NOT NULL AND playlist_id IS NOT NULL
+                ORDER BY playlist_id, song_id""").to_arrow_table()
             ev = con.sql(f"""
                 SELECT * FROM (
                     SELECT DISTINCT 'pl:' || playlist_id AS user_id, track_id AS song_id,

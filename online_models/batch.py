@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -35,7 +35,7 @@ class EventBatch:
     kinds: np.ndarray
     ts: np.ndarray
     ms_played: np.ndarray
-    event_ids: np.ndarray = field(default=None)  # type: ignore[assignment]
+    event_ids: np.ndarray = None  # type: ignore[assignment]  # None -> all missing, set in __post_init__
 
     def __post_init__(self) -> None:
         users = _as_str_array(self.user_ids, "user_ids")
@@ -97,8 +97,9 @@ class EventBatch:
         if ms_played is None:
             ms = np.full(n, np.nan)
         else:
-            ms = np.array([np.nan if v is None else v for v in ms_played], dtype=np.float64) \
-                if np.asarray(ms_played).dtype == object else np.asarray(ms_played, dtype=np.float64)
+            raw = np.asarray(ms_played)
+            ms = np.array([np.nan if v is None else v for v in raw], dtype=np.float64) \
+                if raw.dtype == object else raw.astype(np.float64)
         return cls(users, song_ids, kinds, ts_arr, ms,  # type: ignore[arg-type]
                    None if event_ids is None else event_ids)  # type: ignore[arg-type]
 

@@ -28,10 +28,7 @@ def take_top(keys: np.ndarray, scores: np.ndarray, allowed: np.ndarray, k: int
     n, m = keys.shape
     s = np.where(allowed & (keys >= 0), scores, -np.inf)
     width = min(k, m)
-    if m > width:
-        part = np.argpartition(-s, width - 1, axis=1)[:, :width]
-    else:
-        part = np.broadcast_to(np.arange(m), (n, m))
+    part = np.argpartition(-s, width - 1, axis=1)[:, :width] if m > width else np.broadcast_to(np.arange(m), (n, m))
     ps = np.take_along_axis(s, part, axis=1)
     # stable tie-break on the key keeps batch and single-user answers identical
     pk = np.take_along_axis(keys, part, axis=1)
@@ -50,7 +47,7 @@ def merge_fill(keys: np.ndarray, scores: np.ndarray, fill_keys: np.ndarray, fill
     """Append ``fill`` candidates after each row's own (deduplicated), keep the first ``k``."""
     cat_k = np.concatenate([keys, fill_keys], axis=1)
     # rank by source first (own list before fill), then by position: keeps each list's order
-    n, m = cat_k.shape
+    m = cat_k.shape[1]
     valid = cat_k >= 0
     dup = np.zeros_like(valid)
     srt = np.argsort(np.where(valid, cat_k, np.iinfo(np.int64).max), axis=1, kind="stable")

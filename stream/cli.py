@@ -77,6 +77,7 @@ def worker(data_dir: DataDir = None,
     if loglevel not in levels:
         raise typer.BadParameter(f"--loglevel must be one of {', '.join(levels)}")
     logging.basicConfig(level=levels[loglevel], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
     ensure_topics(cfg)
     processor = BatchProcessor(settings, connect(cfg.redis_url))
     n = processor.restore()
@@ -206,13 +207,13 @@ def recs(user_id: Annotated[str, typer.Argument(help="user id")],
 @app.command()
 def status() -> None:
     """Workers' counters and the published model version."""
-    from stream.redis_store import RedisKeys, connect
+    from stream.redis_store import RedisKeys, as_text, connect
 
     cfg = _settings().stream
     client = connect(cfg.redis_url)
     keys = RedisKeys(cfg.redis_namespace)
     pointer = client.get(keys.model_pointer())
-    console.print(f"published model: {pointer.decode() if pointer else 'none'}")
+    console.print(f"published model: {as_text(pointer) if pointer else 'none'}")
     table = Table(title="workers")
     for col in ("worker", "version", "events", "refused (DLQ)", "users", "last batch ms", "age s"):
         table.add_column(col)
@@ -227,8 +228,13 @@ def status() -> None:
 
 
 @app.command("config")
-def show_config() -> None:
+def show_config(markdown: Annotated[bool, typer.Option(help="print the README's table")] = False) -> None:
     """Every setting with its environment variable, default, current value and meaning."""
+    if markdown:
+        print("| env var | default | meaning |\n|---|---|---|")
+        for _section, _name, env, default, _typ, doc in declared():
+            print(f"| `{env}` | `{default}` | {doc} |")
+        return
     settings = _settings()
     table = Table(title="settings (flags > env > musicrec.toml > default)")
     for col in ("env var", "default", "current", "meaning"):
@@ -257,7 +263,8 @@ def main() -> None:
     try:
         app()
     except MusicrecError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        # soft_wrap keeps "file:line: reason" on one line; markup=False keeps brackets in messages literal
+        err.print("error:", str(exc), style="red", soft_wrap=True, markup=False, highlight=False)
         sys.exit(2)
 
 

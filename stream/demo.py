@@ -10,8 +10,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -60,7 +61,7 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
                                 stderr=subprocess.STDOUT)
 
 
-def worker_stats(client, keys: RedisKeys) -> list[dict]:  # type: ignore[no-untyped-def, type-arg]
+def worker_stats(client: Any, keys: RedisKeys) -> list[dict[str, Any]]:
     out = []
     for key in client.scan_iter(keys.stats_pattern()):
         raw = client.get(key)
@@ -69,7 +70,7 @@ def worker_stats(client, keys: RedisKeys) -> list[dict]:  # type: ignore[no-unty
     return out
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
              log_path: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ against Tansu); group consumption is Faust's job (``stream.worker``). Library ex
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,10 +63,8 @@ def ensure_topics(cfg: StreamConfig) -> None:
             existing = set(admin.list_topics())
             missing = [t for t in wanted if t.name not in existing]
             if missing:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                     admin.create_topics(missing)
-                except TopicAlreadyExistsError:
-                    pass  # another process won the race
         finally:
             admin.close()
 

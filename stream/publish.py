@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from stream.redis_store import RedisKeys, translate_errors
+from stream.redis_store import RedisKeys, as_text, translate_errors
 
 
 def publish_version(client: redis.Redis, keys: RedisKeys, version: str, metrics: dict | None = None) -> None:
@@ -25,4 +25,4 @@ def publish_version(client: redis.Redis, keys: RedisKeys, version: str, metrics:
 def published_version(client: redis.Redis, keys: RedisKeys) -> str | None:
     with translate_errors("reading the model pointer"):
         raw = client.get(keys.model_pointer())
-    return None if raw is None else raw.decode()
+    return None if raw is None else as_text(raw)

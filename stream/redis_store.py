@@ -62,6 +62,10 @@ class RedisKeys:
         return f"{self.namespace}:stats:*"
 
 
+def as_text(raw: bytes | str) -> str:
+    return raw.decode("utf-8") if isinstance(raw, bytes) else raw
+
+
 def connect(url: str, timeout: float = 2.0) -> redis.Redis:
     """A redis-py client for ``url`` (redis://, rediss://, unix://), checked with PING."""
     if not url:
@@ -185,4 +189,4 @@ class RecsClient:
     def current_version(self) -> str | None:
         with translate_errors("reading the model pointer"):
             raw = self.client.get(self.keys.model_pointer())
-        return None if raw is None else raw.decode()
+        return None if raw is None else as_text(raw)

@@ -95,7 +95,7 @@ class EmbeddedServices:
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=self.workdir, preexec_fn=_die_with_parent)  # noqa: PLW1509
+                                cwd=self.workdir, preexec_fn=_die_with_parent)
         log.close()
         self._procs.append(proc)
         return proc

@@ -1,0 +1,72 @@
+"""The product's online recommender: contract, learning from events, cold start, filtering."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from online_models.base import Recommender
+from online_models.batch import EventBatch
+from online_models.config import OnlineConfig
+from online_models.online import POPULARITY_VERSION, OnlineALS
+from tests.contract import RecommenderContract, synthetic_log
+
+
+class TestOnlineALSContract(RecommenderContract):
+    def make(self) -> Recommender:
+        return OnlineALS(OnlineConfig(factors=8, iterations=8))
+
+
+def test_without_a_model_serves_popularity_minus_seen() -> None:
+    model = OnlineALS(OnlineConfig(factors=4))
+    ev = EventBatch.from_columns(np.array(["a", "a", "b", "c", "c", "c"], dtype=object),
+                                 np.array(["x", "y", "x", "x", "y", "z"], dtype=object),
+                                 ts=np.arange(6.0))
+    model.partial_fit(ev)
+    recs = model.recommend(np.array(["new", "a"], dtype=object), k=3)
+    assert recs.version == POPULARITY_VERSION
+    assert list(recs.song_ids[0]) == ["x", "y", "z"]  # 3 plays, 2, 1
+    assert list(recs.song_ids[1]) == ["z", "", ""]  # a has heard x and y
+
+
+def test_a_play_moves_the_user_towards_its_cluster() -> None:
+    log = synthetic_log()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10))
+    model.fit(log)
+    # a brand-new user plays three odd songs: their list should become odd songs
+    ev = EventBatch.from_columns(np.array(["fresh"] * 3, dtype=object),
+                                 np.array(["s1", "s3", "s5"], dtype=object), ts=np.full(3, log.ts.max() + 1))
+    before = model.recommend(np.array(["fresh"], dtype=object), k=10)
+    model.partial_fit(ev)
+    after = model.recommend(np.array(["fresh"], dtype=object), k=10)
+    odd_after = np.mean([int(s[1:]) % 2 == 1 for s in after.song_ids[0] if s])
+    assert odd_after >= 0.9
+    assert list(before.song_ids[0]) != list(after.song_ids[0])
+    assert not {"s1", "s3", "s5"} & set(after.song_ids[0]), "played songs are filtered"
+
+
+def test_relisten_policy_keeps_played_songs() -> None:
+    log = synthetic_log()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10, relisten=True))
+    model.fit(log)
+    user = log.user_ids[0]
+    played = set(log.song_ids[log.user_ids == user])
+    recs = model.recommend(np.array([user], dtype=object), k=20)
+    assert played & set(recs.song_ids[0])
+
+
+def test_skips_push_a_song_down() -> None:
+    log = synthetic_log()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10, relisten=True))
+    model.fit(log)
+    user = np.array(["u1"], dtype=object)
+    first = model.recommend(user, k=5)
+    top = first.song_ids[0][0]
+    skips = EventBatch.from_columns(np.array(["u1"] * 5, dtype=object), np.array([top] * 5, dtype=object),
+                                    np.array(["skip"] * 5, dtype=object), np.full(5, log.ts.max() + 10))
+    model.partial_fit(skips)
+    second = model.recommend(user, k=5)
+    assert top not in set(second.song_ids[0][:1])
+    s_before = first.scores[0][0]
+    s_after = dict(zip(model.recommend(user, k=200).song_ids[0], model.recommend(user, k=200).scores[0],
+                       strict=True)).get(top, -np.inf)
+    assert s_after < s_before
