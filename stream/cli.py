@@ -227,6 +227,44 @@ def status() -> None:
     console.print(table)
 
 
+@app.command()
+def evaluate(file: Annotated[Path, typer.Argument(help="generic event file (.csv/.parquet)")],
+             protocol: Annotated[str, typer.Option(help="loo or prequential")] = "prequential",
+             models: Annotated[str | None, typer.Option(help="comma-separated model names")] = None,
+             k: Annotated[int, typer.Option("--k", help="list length")] = 10,
+             train_fraction: Annotated[float, typer.Option(help="prequential: leading part trained on")] = 0.5,
+             json_out: Annotated[Path | None, typer.Option("--json", help="write the figures as JSON")] = None,
+             plot: Annotated[Path | None, typer.Option(help="PNG of the metric over time")] = None,
+             skip_bad: Annotated[bool, typer.Option(help="Skip and count bad rows")] = False) -> None:
+    """Evaluate models on an event file: leave-last-out (99 sampled negatives + full catalog) or
+    prequential (test-then-learn replay through the online code)."""
+    from offline.evaluate import evaluate_file
+
+    if not 0.0 < train_fraction < 1.0:
+        raise typer.BadParameter("--train-fraction must be in (0, 1)")
+    if not 0 < k <= 500:
+        raise typer.BadParameter("--k must be in 1..500")
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    result = evaluate_file(file, protocol, names, k, train_fraction, console, plot=plot, skip_bad=skip_bad)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+        console.print(f"figures written to {json_out}")
+
+
+@app.command()
+def bench(name: Annotated[str, typer.Argument(help="benchmark name (see benchmarks/README.md)")],
+          json_out: Annotated[Path | None, typer.Option("--json", help="write the figures as JSON")] = None,
+          quick: Annotated[bool, typer.Option(help="smaller sizes, for a smoke run")] = False) -> None:
+    """Run a benchmark: prints a table of figures, each next to a reference measured in the same run."""
+    from stream.benchmarks import run_benchmark
+
+    try:
+        run_benchmark(name, json_out, console, quick=quick)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 @app.command("config")
 def show_config(markdown: Annotated[bool, typer.Option(help="print the README's table")] = False) -> None:
     """Every setting with its environment variable, default, current value and meaning."""
