@@ -55,7 +55,8 @@ def fold_in(item_factors: np.ndarray, gram: np.ndarray, slots: np.ndarray, rows:
     users, start, counts = np.unique(slots, return_index=True, return_counts=True)
     pos_in_user = np.arange(n) - np.repeat(start, counts)
     base = gram.astype(np.float64) + regularization * np.eye(f)
-    y64 = y.astype(np.float64)
+    # float32 for the O(history x f^2) products (the cost), float64 for the small solves (the accuracy)
+    y32 = y.astype(np.float32, copy=False)
 
     by_len = np.argsort(counts, kind="stable")
     i = 0
@@ -71,14 +72,15 @@ def fold_in(item_factors: np.ndarray, gram: np.ndarray, slots: np.ndarray, rows:
         sel = np.flatnonzero(member[np.searchsorted(users, slots)] >= 0)
         g_slot = member[np.searchsorted(users, slots[sel])]
         g_pos = pos_in_user[sel]
-        yg = np.zeros((len(group), width, f))
-        yg[g_slot, g_pos] = y64[rows[sel]]
-        cm1 = np.zeros((len(group), width))
+        yg = np.zeros((len(group), width, f), dtype=np.float32)
+        yg[g_slot, g_pos] = y32[rows[sel]]
+        cm1 = np.zeros((len(group), width), dtype=np.float32)
         cm1[g_slot, g_pos] = conf[sel] - 1.0
-        cp = np.zeros((len(group), width))
+        cp = np.zeros((len(group), width), dtype=np.float32)
         cp[g_slot, g_pos] = conf[sel] * pref[sel]
-        a = np.matmul(np.transpose(yg * cm1[..., None], (0, 2, 1)), yg) + base
-        b = np.einsum("ul,ulf->uf", cp, yg)
+        # einsum with optimize goes through BLAS; matmul on a transposed (non-contiguous) stack does not
+        a = np.einsum("ul,ulf,ulg->ufg", cm1, yg, yg, optimize=True).astype(np.float64) + base
+        b = np.einsum("ul,ulf->uf", cp, yg).astype(np.float64)
         out[users[group]] = np.linalg.solve(a, b[..., None])[..., 0]
         i = j
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from index_manager.artifacts import ModelArtifact
+from index_manager.artifacts import ModelArtifact, new_version_name
 from index_manager.holder import ModelHolder
 from online_models.als import train_als
 from online_models.base import RecList, Recommender, check_request
@@ -48,7 +48,7 @@ class OnlineALS(Recommender):
         artifact = train_als(Interactions.from_events(events, self.config), self.config,
                              trained_on={"ts_min": float(events.ts.min()), "ts_max": float(events.ts.max()),
                                          "n_events": len(events)})
-        artifact.version = artifact.version or f"fit-{len(events)}-{float(events.ts.max()):.0f}"
+        artifact.version = new_version_name("als")
         self.install(ServingModel.from_artifact(artifact))
 
     def reset_state(self) -> None:

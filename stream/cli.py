@@ -298,6 +298,14 @@ def demo(data: Annotated[Path, typer.Option(help="hetrec2011-lastfm-2k directory
 
 
 def main() -> None:
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    # Per-batch linear algebra and searches are small; BLAS and FAISS thread pools on 2 cores only
+    # spin against each other and the event loop (measured: 30x slower replay). implicit's training
+    # sets its own thread count.
+    threadpool_limits(1, "blas")
+    faiss.omp_set_num_threads(1)
     try:
         app()
     except MusicrecError as exc:

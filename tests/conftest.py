@@ -168,10 +168,14 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # the worker and the tests share 2 cores; keep BLAS from oversubscribing them
+    # the worker subprocesses and the tests share 2 cores; keep BLAS from oversubscribing them
+    from threadpoolctl import threadpool_limits
+
+    import faiss
+
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    threadpool_limits(1, "blas")
+    faiss.omp_set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

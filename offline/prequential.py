@@ -1,0 +1,179 @@
+"""Prequential (test-then-learn) evaluation through the same online code the Faust worker runs.
+
+The timeline is split at ``train_fraction`` of the events. Each model is fitted on the first part,
+then the rest is replayed in time order in micro-batches: for every play event of a batch the model
+is first asked for the user's top-k (what Redis would have served at that moment, i.e. computed
+before the batch), the hit and its rank are scored, and only then does the model ``partial_fit`` the
+batch. Skips are learnt from but not scored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from online_models.base import Recommender
+from online_models.baselines import PeriodicRetrain, PopularityRecommender, StaticALS
+from online_models.batch import PLAY, EventBatch
+from online_models.config import OnlineConfig
+from online_models.online import OnlineALS
+
+MODELS = ("popularity", "static", "online", "retrain")
+
+
+def make_model(name: str, config: OnlineConfig, retrain_every: int) -> Recommender:
+    factories: dict[str, Callable[[], Recommender]] = {
+        "popularity": lambda: PopularityRecommender(config),
+        "static": lambda: StaticALS(config),
+        "online": lambda: OnlineALS(config),
+        "retrain": lambda: PeriodicRetrain(config, every=retrain_every),
+    }
+    if name not in factories:
+        raise ValueError(f"unknown model {name!r} for the prequential protocol; choose from {', '.join(MODELS)}")
+    return factories[name]()
+
+
+@dataclass
+class ModelRun:
+    name: str
+    hits: np.ndarray  # per scored play event
+    gains: np.ndarray
+    fit_s: float
+    replay_s: float
+
+
+def split(events: EventBatch, train_fraction: float) -> tuple[EventBatch, EventBatch]:
+    """First ``train_fraction`` of the events in time order (file order breaks ties) and the rest."""
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError("train_fraction must be in (0, 1)")
+    ordered = events.sorted_by_time()
+    cut = int(round(train_fraction * len(ordered)))
+    if cut == 0 or cut == len(ordered):
+        raise ValueError(f"{len(ordered)} events are too few to split at {train_fraction}")
+    return ordered.take(slice(0, cut)), ordered.take(slice(cut, None))
+
+
+def replay_model(model: Recommender, train: EventBatch, test: EventBatch, k: int, batch_size: int,
+                 on_batch: Callable[[int], None] | None = None) -> ModelRun:
+    t0 = time.perf_counter()
+    model.fit(train)
+    fit_s = time.perf_counter() - t0
+    plays = test.kinds == PLAY
+    hits = np.zeros(int(plays.sum()), dtype=bool)
+    gains = np.zeros(len(hits))
+    done = 0
+    t1 = time.perf_counter()
+    for start in range(0, len(test), batch_size):
+        batch = test.take(slice(start, start + batch_size))
+        is_play = batch.kinds == PLAY
+        if is_play.any():
+            users, row = np.unique(batch.user_ids[is_play], return_inverse=True)
+            recs = model.recommend(users, k)
+            match = recs.song_ids[row] == batch.song_ids[is_play][:, None]
+            hit = match.any(axis=1)
+            n = len(hit)
+            hits[done:done + n] = hit
+            gains[done:done + n] = np.where(hit, 1.0 / np.log2(np.argmax(match, axis=1) + 2.0), 0.0)
+            done += n
+        model.partial_fit(batch)
+        if on_batch is not None:
+            on_batch(len(batch))
+    return ModelRun(model.name, hits, gains, fit_s, time.perf_counter() - t1)
+
+
+def windows(values: np.ndarray, n_windows: int) -> list[float]:
+    parts = np.array_split(values.astype(np.float64), max(1, min(n_windows, len(values))))
+    return [float(p.mean()) if len(p) else 0.0 for p in parts]
+
+
+def prequential(events: EventBatch, models: list[str] | None = None, k: int = 10, train_fraction: float = 0.5,
+                batch_size: int = 256, n_windows: int = 20, config: OnlineConfig | None = None,
+                retrain_every: int | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Run the protocol for each model; returns the JSON-ready figures (also printed if ``console``)."""
+    if k <= 0 or batch_size <= 0:
+        raise ValueError("k and batch_size must be positive")
+    models = list(models or MODELS)
+    config = config or OnlineConfig()
+    train, test = split(events, train_fraction)
+    every = retrain_every or max(1, len(test) // 10)
+    play_ts = test.ts[test.kinds == PLAY]
+    bounds = [float(p[-1]) for p in np.array_split(play_ts, max(1, min(n_windows, len(play_ts)))) if len(p)]
+    result: dict[str, Any] = {
+        "protocol": "prequential", "k": k, "events": len(test), "train_events": len(train),
+        "scored_plays": int(len(play_ts)), "batch_size": batch_size, "retrain_every": every,
+        "models": {}, "series": {"window_end_ts": bounds, "models": {}},
+    }
+    runs: list[ModelRun] = []
+    for name in models:
+        model = make_model(name, config, every)
+        if console is not None:
+            with Progress(TextColumn(f"[bold]{name:<10}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          TimeRemainingColumn(), console=console, transient=True) as bar:
+                task = bar.add_task(name, total=len(test))
+                run = replay_model(model, train, test, k, batch_size, lambda n: bar.advance(task, n))
+        else:
+            run = replay_model(model, train, test, k, batch_size)
+        runs.append(run)
+        result["models"][name] = {
+            f"recall@{k}": float(run.hits.mean()) if len(run.hits) else 0.0,
+            f"ndcg@{k}": float(run.gains.mean()) if len(run.gains) else 0.0,
+            "fit_s": round(run.fit_s, 3), "replay_s": round(run.replay_s, 3),
+            "events_per_s": round(len(test) / run.replay_s, 1) if run.replay_s > 0 else None,
+        }
+        result["series"]["models"][name] = {f"recall@{k}": windows(run.hits, n_windows),
+                                            f"ndcg@{k}": windows(run.gains, n_windows)}
+    if console is not None:
+        print_table(result, console)
+    return result
+
+
+def print_table(result: dict[str, Any], console: Console) -> None:
+    k = result["k"]
+    table = Table(title=f"prequential, {result['events']} events replayed after {result['train_events']} "
+                        f"({result['scored_plays']} plays scored, batches of {result['batch_size']})")
+    for col in ("model", f"recall@{k}", f"ndcg@{k}", "replay events/s", "fit s"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in result["models"].items():
+        table.add_row(name, f"{m[f'recall@{k}']:.4f}", f"{m[f'ndcg@{k}']:.4f}",
+                      f"{m['events_per_s']:.0f}" if m["events_per_s"] else "-", f"{m['fit_s']:.2f}")
+    console.print(table)
+
+
+def plot_series(result: dict[str, Any], path: Path) -> Path:
+    """PNG of recall@k per window over time, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+    from datetime import UTC, datetime
+
+    k = result["k"]
+    ends = [datetime.fromtimestamp(t, tz=UTC) for t in result["series"]["window_end_ts"]]
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    for name, series in result["series"]["models"].items():
+        values = series[f"recall@{k}"]
+        ax.plot(ends[:len(values)], values, marker="o", markersize=3, label=f"{name} "
+                f"({result['models'][name][f'recall@{k}']:.3f})")
+    ax.set_ylabel(f"recall@{k} per window")
+    ax.set_title(f"Prequential recall@{k}: {result['events']} events replayed")
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.autofmt_xdate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def with_overrides(config: OnlineConfig, **overrides: Any) -> OnlineConfig:
+    return replace(config, **overrides)
