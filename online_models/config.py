@@ -29,6 +29,8 @@ class OnlineConfig:
     popularity_half_life_days: float = setting(30.0, "MUSICREC_POPULARITY_HALF_LIFE_DAYS", "Half-life of song popularity counts used for cold start.")  # type: ignore[assignment]
     cold_start_events: float = setting(5.0, "MUSICREC_COLD_START_EVENTS", "History size at which collaborative scores and popularity weigh equally.")  # type: ignore[assignment]
     candidates: int = setting(200, "MUSICREC_CANDIDATES", "Songs fetched from the index per user before filtering and re-ranking.")  # type: ignore[assignment]
+    foldin_cg_steps: int = setting(3, "MUSICREC_FOLDIN_CG_STEPS", "Conjugate-gradient steps when re-solving a user from their cached vector; 0 = always the exact solve.")  # type: ignore[assignment]
+    vector_cache: int = setting(200_000, "MUSICREC_VECTOR_CACHE", "Users whose folded-in vectors are kept between batches (LRU).")  # type: ignore[assignment]
     seed: int = setting(0, "MUSICREC_SEED", "Random seed for training.")  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -36,5 +38,7 @@ class OnlineConfig:
             raise ValueError("factors, iterations, max_history and candidates must be positive")
         if self.regularization < 0 or self.alpha < 0 or self.skip_weight < 0 or self.full_play_ms <= 0:
             raise ValueError("regularization, alpha and skip_weight must be >= 0, full_play_ms > 0")
+        if self.foldin_cg_steps < 0 or self.vector_cache < 0:
+            raise ValueError("foldin_cg_steps and vector_cache must be >= 0")
         if self.half_life_days < 0 or self.popularity_half_life_days < 0 or self.cold_start_events < 0:
             raise ValueError("half-lives and cold_start_events must be >= 0")

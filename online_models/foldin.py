@@ -78,9 +78,69 @@ def fold_in(item_factors: np.ndarray, gram: np.ndarray, slots: np.ndarray, rows:
         cm1[g_slot, g_pos] = conf[sel] - 1.0
         cp = np.zeros((len(group), width), dtype=np.float32)
         cp[g_slot, g_pos] = conf[sel] * pref[sel]
-        # einsum with optimize goes through BLAS; matmul on a transposed (non-contiguous) stack does not
-        a = np.einsum("ul,ulf,ulg->ufg", cm1, yg, yg, optimize=True).astype(np.float64) + base
+        # a contiguous stacked matmul is one batched BLAS call; on a transposed view numpy falls back to
+        # a slow loop, and einsum without a BLAS path is ~10x slower (measured)
+        weighted = np.ascontiguousarray(np.transpose(yg * cm1[..., None], (0, 2, 1)))
+        a = np.matmul(weighted, yg).astype(np.float64) + base
         b = np.einsum("ul,ulf->uf", cp, yg).astype(np.float64)
         out[users[group]] = np.linalg.solve(a, b[..., None])[..., 0]
         i = j
+    return out
+
+
+def fold_in_cg(item_factors: np.ndarray, gram: np.ndarray, slots: np.ndarray, rows: np.ndarray,
+               conf: np.ndarray, pref: np.ndarray, n_users: int, regularization: float, x0: np.ndarray,
+               steps: int = 3) -> np.ndarray:
+    """A few conjugate-gradient steps on the fold-in system, warm-started at ``x0`` (n_users x f).
+
+    Each step costs O(history x f) instead of the direct solve's O(history x f²); from the user's
+    previous vector, after a handful of new events, three steps land within noise of the exact
+    answer (implicit trains with the same three-step CG). Users without rows get zeros.
+    """
+    y = np.asarray(item_factors, dtype=np.float32)
+    f = y.shape[1]
+    x0 = np.asarray(x0, dtype=np.float64)
+    if x0.shape != (n_users, f):
+        raise ValueError(f"x0 has shape {x0.shape}, expected ({n_users}, {f})")
+    slots = np.asarray(slots, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.zeros((n_users, f), dtype=np.float32)
+    if len(slots) == 0:
+        return out
+    order = np.argsort(slots, kind="stable")
+    slots, rows = slots[order], rows[order]
+    conf = np.asarray(conf, dtype=np.float64)[order]
+    pref = np.asarray(pref, dtype=np.float64)[order]
+    users, start, counts = np.unique(slots, return_index=True, return_counts=True)
+    width = int(counts.max())
+    pos = np.arange(len(slots)) - np.repeat(start, counts)
+    u_idx = np.searchsorted(users, slots)
+    yg = np.zeros((len(users), width, f), dtype=np.float32)
+    yg[u_idx, pos] = y[rows]
+    cm1 = np.zeros((len(users), width))
+    cm1[u_idx, pos] = conf - 1.0
+    cp = np.zeros((len(users), width))
+    cp[u_idx, pos] = conf * pref
+    base = gram.astype(np.float64) + regularization * np.eye(f)
+
+    def a_times(v: np.ndarray) -> np.ndarray:
+        proj = np.einsum("ulf,uf->ul", yg, v)
+        return v @ base + np.einsum("ul,ulf->uf", cm1 * proj, yg)
+
+    x = x0[users].copy()
+    b = np.einsum("ul,ulf->uf", cp, yg)
+    r = b - a_times(x)
+    p = r.copy()
+    rs = np.einsum("uf,uf->u", r, r)
+    for _ in range(steps):
+        ap = a_times(p)
+        denom = np.einsum("uf,uf->u", p, ap)
+        alpha = np.divide(rs, denom, out=np.zeros_like(rs), where=denom > 1e-20)
+        x += alpha[:, None] * p
+        r -= alpha[:, None] * ap
+        rs_new = np.einsum("uf,uf->u", r, r)
+        beta = np.divide(rs_new, rs, out=np.zeros_like(rs), where=rs > 1e-20)
+        p = r + beta[:, None] * p
+        rs = rs_new
+    out[users] = x
     return out

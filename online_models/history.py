@@ -57,6 +57,9 @@ class HistoryStore:
         self.skip_weight = skip_weight
         # user -> (keys int64[m], pos f64[m], neg f64[m], last_ts f64[m], user_ts float)
         self._rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] = {}
+        # user -> update generation: lets callers cache anything derived from a user's history
+        self._stamps: dict[str, int] = {}
+        self._clock = 0
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -77,6 +80,11 @@ class HistoryStore:
         get = self._rows.get
         return np.fromiter((r[4] if (r := get(u)) is not None else np.nan for u in users),
                            dtype=np.float64, count=len(users))
+
+    def stamps(self, users: np.ndarray) -> np.ndarray:
+        """Generation of each user's history (-1 for unknown users); it changes on every update."""
+        get = self._stamps.get
+        return np.fromiter((get(u, -1) for u in users), dtype=np.int64, count=len(users))
 
     def update(self, batch: EventBatch) -> np.ndarray:
         """Fold a batch of events into the users' histories; returns the distinct users touched."""
@@ -104,7 +112,9 @@ class HistoryStore:
         pos, neg = np.add.reduceat(pos, start), np.add.reduceat(neg, start)
         last = np.maximum.reduceat(last, start)
         bounds = np.searchsorted(slots, np.arange(len(touched) + 1))
+        self._clock += 1
         for i, user in enumerate(touched):
+            self._stamps[user] = self._clock
             a, b = bounds[i], bounds[i + 1]
             row = (keys[a:b], pos[a:b], neg[a:b], last[a:b])
             if b - a > self.max_history:

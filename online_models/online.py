@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
 from index_manager.artifacts import ModelArtifact, new_version_name
@@ -10,11 +12,11 @@ from online_models.als import train_als
 from online_models.base import RecList, Recommender, check_request
 from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
-from online_models.foldin import confidences, fold_in
-from online_models.history import HistoryStore, UserRows
+from online_models.foldin import confidences, fold_in, fold_in_cg
+from online_models.history import HistoryStore
 from online_models.interactions import Interactions
 from online_models.popularity import DecayedCounts
-from online_models.ranking import mask_seen, merge_fill, take_top
+from online_models.ranking import first_occurrence_mask, mask_seen, take_top
 from online_models.serving import ServingModel
 
 POPULARITY_VERSION = "popularity"
@@ -39,6 +41,7 @@ class OnlineALS(Recommender):
                                     self.config.full_play_ms, self.config.skip_weight)
         self.popularity = DecayedCounts(self.config.popularity_half_life_days)
         self._names: dict[int, str] = {}
+        self._vectors: OrderedDict[str, tuple[str, int, np.ndarray]] = OrderedDict()
 
     # -- learning -----------------------------------------------------------------------------
     def fit(self, events: EventBatch) -> None:
@@ -56,6 +59,7 @@ class OnlineALS(Recommender):
                                     self.config.full_play_ms, self.config.skip_weight)
         self.popularity = DecayedCounts(self.config.popularity_half_life_days)
         self._names = {}
+        self._vectors.clear()
 
     def install(self, model: ServingModel) -> bool:
         """Swap in a model built and checked aside; False if it is not newer than the current one."""
@@ -76,40 +80,115 @@ class OnlineALS(Recommender):
 
     # -- recommending -------------------------------------------------------------------------
     def user_vectors(self, model: ServingModel, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Folded-in vectors of ``users`` against ``model`` and how many of their songs it knows."""
+        """Folded-in vectors of ``users`` against ``model`` and how many of their songs it knows.
+
+        A user's vector is cached with the model version and their history's generation: unchanged
+        users cost nothing, users with new events take a few CG steps from their previous vector,
+        and the rest get the exact solve."""
         rows = self.history.gather(users)
         item_rows = model.index.rows(rows.keys)
         usable = item_rows >= 0
-        conf, pref = confidences(rows.pos[usable], rows.neg[usable], model.alpha)
-        vectors = fold_in(model.index.factors, model.gram, rows.slots[usable], item_rows[usable],
-                          conf, pref, len(users), model.regularization)
         known = np.bincount(rows.slots[usable & (rows.pos > rows.neg)], minlength=len(users))
+        stamps = self.history.stamps(users)
+        vectors = np.zeros((len(users), model.index.dim), np.float32)
+        state = np.zeros(len(users), np.int8)  # 0 exact, 1 warm start, 2 cached
+        for i, user in enumerate(users):
+            hit = self._vectors.get(user)
+            if hit is not None and hit[0] == model.version:
+                vectors[i] = hit[2]
+                state[i] = 2 if hit[1] == stamps[i] else 1
+        steps = self.config.foldin_cg_steps
+        if steps == 0:
+            state[state == 1] = 0
+        conf, pref = confidences(rows.pos[usable], rows.neg[usable], model.alpha)
+        for kind in (0, 1):
+            group = np.flatnonzero(state == kind)
+            if not len(group):
+                continue
+            sel = np.isin(rows.slots[usable], group)
+            remap = np.full(len(users), -1, np.int64)
+            remap[group] = np.arange(len(group))
+            args = (model.index.factors, model.gram, remap[rows.slots[usable][sel]], item_rows[usable][sel],
+                    conf[sel], pref[sel], len(group), model.regularization)
+            vectors[group] = fold_in(*args) if kind == 0 else fold_in_cg(*args, x0=vectors[group], steps=steps)
+        if self.config.vector_cache:
+            for i in np.flatnonzero(state < 2):
+                self._vectors[users[i]] = (model.version, int(stamps[i]), vectors[i])
+                self._vectors.move_to_end(users[i])
+            while len(self._vectors) > self.config.vector_cache:
+                self._vectors.popitem(last=False)
         return vectors, known
 
     def recommend(self, user_ids: np.ndarray, k: int = 10) -> RecList:
+        """Top-k per user from one candidate pool: the user's nearest songs in the index plus the
+        most popular songs, scored ``β·cf + (1-β)·popularity`` with ``β = n / (n + cold_start_events)``
+        for a user with n songs the model knows. A new user therefore gets popularity, and the
+        collaborative signal takes over as their history grows (no hard switch)."""
         users = check_request(user_ids, k)
         pair = self.holder.peek()
         seen = self.history.gather(users)
         sizes = np.bincount(seen.slots, minlength=len(users))
-        per_user_extra = np.zeros(len(users), np.int64) if self.config.relisten else \
-            np.minimum(sizes, self.config.candidates)
-        keys = np.full((len(users), k), -1, np.int64)
-        scores = np.full((len(users), k), -np.inf, np.float32)
+        # each user's own candidate width keeps a user's answer independent of who shares the batch
+        width = k + (np.zeros(len(users), np.int64) if self.config.relisten
+                     else np.minimum(sizes, self.config.candidates))
+        w_max = int(width.max())
+        pop_k, pop_c = self.popularity.top(w_max)
+        pop_norm = (pop_c / pop_c[0]).astype(np.float32) if len(pop_c) else pop_c.astype(np.float32)
+        n_pop = len(pop_k)
+        cand_k = np.broadcast_to(pop_k, (len(users), n_pop))
+        cand_pop = np.broadcast_to(pop_norm, (len(users), n_pop))
+        cand_cf = np.zeros((len(users), n_pop), np.float32)
+        beta = np.zeros(len(users), np.float32)
         version = POPULARITY_VERSION
+        model = None
         if pair is not None:
             model, version = pair
             vectors, known = self.user_vectors(model, users)
-            warm = np.flatnonzero(known > 0)
-            if len(warm):
-                limit = k + per_user_extra[warm]
-                cand_k, cand_s = model.index.search(vectors[warm], int(limit.max()))
-                cand_k = np.where(np.arange(cand_k.shape[1]) < limit[:, None], cand_k, -1)
-                allowed = np.ones(cand_k.shape, bool) if self.config.relisten else \
-                    ~self._seen_mask(cand_k, seen, warm)
-                keys[warm], scores[warm] = take_top(cand_k, cand_s, allowed, k)
-        keys, scores = self._fill_popular(users, keys, scores, seen, per_user_extra, k)
-        names = self._names_of(keys, pair[0] if pair else None)
-        return RecList(names, scores, np.full(keys.shape, None, dtype=object), version)
+            n0 = self.config.cold_start_events
+            beta = (known / (known + n0) if n0 > 0 else (known > 0)).astype(np.float32)
+            ann_k, ann_cf, ann_rank = self._ann_candidates(model, vectors, w_max)
+            pop_rows = model.index.rows(pop_k)
+            pop_cf = vectors @ model.index.factors[np.maximum(pop_rows, 0)].T if n_pop else cand_cf
+            pop_cf = np.where(pop_rows >= 0, pop_cf, 0.0).astype(np.float32)  # songs newer than the model
+            ann_pop = (self.popularity.scores(ann_k) / pop_c[0]).astype(np.float32) if n_pop else \
+                np.zeros(ann_k.shape, np.float32)
+            cold = known == 0
+            ann_k = np.where(cold[:, None], -1, ann_k)  # a user the model knows nothing of: no CF pool
+            cand_k = np.concatenate([ann_k, cand_k], axis=1)
+            cand_cf = np.concatenate([np.where(ann_k >= 0, ann_cf, 0.0), pop_cf], axis=1)
+            cand_pop = np.concatenate([ann_pop, cand_pop], axis=1)
+            in_width = np.concatenate([ann_rank < width[:, None], np.arange(n_pop) < width[:, None]], axis=1)
+        else:
+            in_width = np.arange(n_pop) < width[:, None]
+        scores = beta[:, None] * cand_cf + (1.0 - beta[:, None]) * cand_pop
+        allowed = in_width & (cand_k >= 0) & ~first_occurrence_mask(cand_k)
+        if not self.config.relisten:
+            allowed &= ~mask_seen(cand_k, seen.slots, seen.keys)
+        keys, top = take_top(cand_k, scores.astype(np.float32), allowed, k)
+        names = self._names_of(keys, model)
+        return RecList(names, top, np.full(keys.shape, None, dtype=object), version)
+
+    @staticmethod
+    def _ann_candidates(model: ServingModel, vectors: np.ndarray, width: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Index candidates with exactly recomputed scores and each one's rank among them.
+
+        The index's own scores depend on how many queries share a call (FAISS switches to BLAS for
+        batches), so a few extra candidates are fetched and re-scored row by row: a user's answer is
+        then the same whether asked alone or in a batch."""
+        fetch = min(width + max(8, width // 8), len(model.index))
+        keys, _ = model.index.search(vectors, fetch)
+        rows = model.index.rows(keys)
+        exact = np.full(keys.shape, -np.inf, np.float32)
+        for start in range(0, len(keys), 512):  # bounds the (users x candidates x f) gather
+            part = slice(start, start + 512)
+            r = rows[part]
+            dots = np.einsum("uf,ucf->uc", vectors[part], model.index.factors[np.maximum(r, 0)])
+            exact[part] = np.where(r >= 0, dots, -np.inf)
+        order = np.lexsort((keys, -exact), axis=1)
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(keys.shape[1]), axis=1)
+        return keys, np.where(np.isfinite(exact), exact, 0.0).astype(np.float32), rank
 
     def popular(self, k: int) -> RecList:
         """The cold-start list: the ``k`` most popular songs now (one row)."""
@@ -120,30 +199,6 @@ class OnlineALS(Recommender):
         row_k[0, :len(keys)], row_s[0, :len(keys)] = keys, counts
         return RecList(self._names_of(row_k, pair[0] if pair else None), row_s,
                        np.full((1, k), None, dtype=object), pair[1] if pair else POPULARITY_VERSION)
-
-    def _seen_mask(self, cand: np.ndarray, seen: UserRows, rows: np.ndarray) -> np.ndarray:
-        sel = np.isin(seen.slots, rows)
-        remap = np.full(max(int(seen.slots.max(initial=-1)), int(rows.max(initial=-1))) + 1, -1, np.int64)
-        remap[rows] = np.arange(len(rows))
-        return mask_seen(cand, remap[seen.slots[sel]], seen.keys[sel])
-
-    def _fill_popular(self, users: np.ndarray, keys: np.ndarray, scores: np.ndarray, seen: UserRows,
-                      per_user_extra: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        short = np.flatnonzero((keys < 0).any(axis=1))
-        if not len(short):
-            return keys, scores
-        width = k + int(per_user_extra[short].max(initial=0))
-        pop_k, pop_s = self.popularity.top(width)
-        if not len(pop_k):
-            return keys, scores
-        cand_k = np.broadcast_to(pop_k, (len(short), len(pop_k))).copy()
-        # popularity scores sit below any CF score of the same list: they only fill its tail
-        cand_s = np.broadcast_to(-1e6 + np.log1p(pop_s).astype(np.float32), cand_k.shape).copy()
-        allowed = np.ones(cand_k.shape, bool) if self.config.relisten else \
-            ~self._seen_mask(cand_k, seen, short)
-        cand_k, cand_s = take_top(cand_k, cand_s, allowed, k)
-        keys[short], scores[short] = merge_fill(keys[short], scores[short], cand_k, cand_s, k)
-        return keys, scores
 
     def _names_of(self, keys: np.ndarray, model: ServingModel | None) -> np.ndarray:
         names = model.index.names_of(keys) if model is not None else np.full(keys.shape, "", dtype=object)

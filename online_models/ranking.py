@@ -22,6 +22,17 @@ def mask_seen(cand_keys: np.ndarray, seen_slots: np.ndarray, seen_keys: np.ndarr
     return np.isin(codes, _pair_codes(seen_slots, seen_keys)).reshape(cand_keys.shape)
 
 
+def first_occurrence_mask(keys: np.ndarray) -> np.ndarray:
+    """Boolean (U, M): True where ``keys[u, j]`` already occurred earlier in row u (a duplicate)."""
+    order = np.argsort(keys, axis=1, kind="stable")
+    srt = np.take_along_axis(keys, order, axis=1)
+    dup_sorted = np.zeros(keys.shape, bool)
+    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    out = np.zeros(keys.shape, bool)
+    np.put_along_axis(out, order, dup_sorted, axis=1)
+    return out
+
+
 def take_top(keys: np.ndarray, scores: np.ndarray, allowed: np.ndarray, k: int
              ) -> tuple[np.ndarray, np.ndarray]:
     """First ``k`` allowed candidates per row in descending score; -1 / -inf pad."""
@@ -39,26 +50,4 @@ def take_top(keys: np.ndarray, scores: np.ndarray, allowed: np.ndarray, k: int
     if width < k:
         out_k = np.pad(out_k, ((0, 0), (0, k - width)), constant_values=-1)
         out_s = np.pad(out_s, ((0, 0), (0, k - width)), constant_values=-np.inf)
-    return out_k, out_s.astype(np.float32)
-
-
-def merge_fill(keys: np.ndarray, scores: np.ndarray, fill_keys: np.ndarray, fill_scores: np.ndarray,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Append ``fill`` candidates after each row's own (deduplicated), keep the first ``k``."""
-    cat_k = np.concatenate([keys, fill_keys], axis=1)
-    # rank by source first (own list before fill), then by position: keeps each list's order
-    m = cat_k.shape[1]
-    valid = cat_k >= 0
-    dup = np.zeros_like(valid)
-    srt = np.argsort(np.where(valid, cat_k, np.iinfo(np.int64).max), axis=1, kind="stable")
-    sk = np.take_along_axis(cat_k, srt, axis=1)
-    same = np.zeros_like(valid)
-    same[:, 1:] = (sk[:, 1:] == sk[:, :-1]) & (sk[:, 1:] >= 0)
-    np.put_along_axis(dup, srt, same, axis=1)
-    ok = valid & ~dup
-    pos = np.where(ok, np.arange(m), m + np.arange(m))
-    order = np.argsort(pos, axis=1, kind="stable")[:, :k]
-    out_k = np.take_along_axis(np.where(ok, cat_k, -1), order, axis=1)
-    cat_s = np.concatenate([scores, fill_scores], axis=1)
-    out_s = np.where(out_k >= 0, np.take_along_axis(cat_s, order, axis=1), -np.inf)
     return out_k, out_s.astype(np.float32)

@@ -297,21 +297,32 @@ def demo(data: Annotated[Path, typer.Option(help="hetrec2011-lastfm-2k directory
     run_demo(data, rate=rate, train_fraction=train_fraction, show_users=users, console=console)
 
 
-def main() -> None:
+def limit_threads() -> object:
+    """One BLAS and one FAISS thread per process. Per-batch linear algebra and searches are small;
+    thread pools on 2 cores only spin against each other and the event loop (measured: 10-70x
+    slower replays). The environment covers libraries loaded later (scipy's BLAS, torch); the
+    returned limiter covers numpy's, already loaded. implicit sets its own training threads."""
+    import os
+
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     import faiss
     from threadpoolctl import threadpool_limits
 
-    # Per-batch linear algebra and searches are small; BLAS and FAISS thread pools on 2 cores only
-    # spin against each other and the event loop (measured: 30x slower replay). implicit's training
-    # sets its own thread count.
-    threadpool_limits(1, "blas")
     faiss.omp_set_num_threads(1)
+    return threadpool_limits(1, "blas")
+
+
+def main() -> None:
+    limits = limit_threads()
     try:
         app()
     except MusicrecError as exc:
         # soft_wrap keeps "file:line: reason" on one line; markup=False keeps brackets in messages literal
         err.print("error:", str(exc), style="red", soft_wrap=True, markup=False, highlight=False)
         sys.exit(2)
+    finally:
+        del limits
 
 
 if __name__ == "__main__":

@@ -32,16 +32,36 @@ def test_a_play_moves_the_user_towards_its_cluster() -> None:
     log = synthetic_log()
     model = OnlineALS(OnlineConfig(factors=8, iterations=10))
     model.fit(log)
-    # a brand-new user plays three odd songs: their list should become odd songs
-    ev = EventBatch.from_columns(np.array(["fresh"] * 3, dtype=object),
-                                 np.array(["s1", "s3", "s5"], dtype=object), ts=np.full(3, log.ts.max() + 1))
+    # a brand-new user plays twelve odd songs: their list should become odd songs
+    odd = [f"s{i}" for i in range(1, 24, 2)]
+    ev = EventBatch.from_columns(np.array(["fresh"] * len(odd), dtype=object), np.array(odd, dtype=object),
+                                 ts=np.full(len(odd), log.ts.max() + 1))
     before = model.recommend(np.array(["fresh"], dtype=object), k=10)
     model.partial_fit(ev)
     after = model.recommend(np.array(["fresh"], dtype=object), k=10)
     odd_after = np.mean([int(s[1:]) % 2 == 1 for s in after.song_ids[0] if s])
     assert odd_after >= 0.9
     assert list(before.song_ids[0]) != list(after.song_ids[0])
-    assert not {"s1", "s3", "s5"} & set(after.song_ids[0]), "played songs are filtered"
+    assert not set(odd) & set(after.song_ids[0]), "played songs are filtered"
+
+
+def test_cold_start_blends_from_popularity_to_collaborative() -> None:
+    log = synthetic_log()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10, cold_start_events=5.0))
+    model.fit(log)
+    user = np.array(["newcomer"], dtype=object)
+    popular = list(model.recommend(user, k=10).song_ids[0])
+    assert popular == list(model.popular(10).song_ids[0]), "no history: exactly the popular list"
+    odd_share = []
+    t = log.ts.max()
+    for i, song in enumerate([f"s{j}" for j in range(1, 40, 2)]):
+        model.partial_fit(EventBatch.from_columns(user, np.array([song], dtype=object), ts=np.array([t + i])))
+        if i in (0, 4, 19):
+            recs = model.recommend(user, k=10).song_ids[0]
+            odd_share.append(np.mean([int(s[1:]) % 2 == 1 for s in recs if s]))
+    # one play: popularity still weighs 5/6; twenty: the user's own taste dominates
+    assert odd_share[0] < odd_share[1] <= odd_share[2]
+    assert odd_share[2] >= 0.9
 
 
 def test_relisten_policy_keeps_played_songs() -> None:
