@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def split(events: EventBatch, train_fraction: float) -> tuple[EventBatch, EventB
     if not 0.0 < train_fraction < 1.0:
         raise ValueError("train_fraction must be in (0, 1)")
     ordered = events.sorted_by_time()
-    cut = int(round(train_fraction * len(ordered)))
+    cut = round(train_fraction * len(ordered))
     if cut == 0 or cut == len(ordered):
         raise ValueError(f"{len(ordered)} events are too few to split at {train_fraction}")
     return ordered.take(slice(0, cut)), ordered.take(slice(cut, None))
@@ -108,7 +109,7 @@ def prequential(events: EventBatch, models: list[str] | None = None, k: int = 10
     bounds = [float(p[-1]) for p in np.array_split(play_ts, max(1, min(n_windows, len(play_ts)))) if len(p)]
     result: dict[str, Any] = {
         "protocol": "prequential", "k": k, "events": len(test), "train_events": len(train),
-        "scored_plays": int(len(play_ts)), "batch_size": batch_size, "retrain_every": every,
+        "scored_plays": len(play_ts), "batch_size": batch_size, "retrain_every": every,
         "models": {}, "series": {"window_end_ts": bounds, "models": {}},
     }
     runs: list[ModelRun] = []
@@ -118,7 +119,8 @@ def prequential(events: EventBatch, models: list[str] | None = None, k: int = 10
             with Progress(TextColumn(f"[bold]{name:<10}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TimeRemainingColumn(), console=console, transient=True) as bar:
                 task = bar.add_task(name, total=len(test))
-                run = replay_model(model, train, test, k, batch_size, lambda n: bar.advance(task, n))
+                advance = partial(bar.advance, task)
+                run = replay_model(model, train, test, k, batch_size, advance)
         else:
             run = replay_model(model, train, test, k, batch_size)
         runs.append(run)
@@ -152,16 +154,17 @@ def plot_series(result: dict[str, Any], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    from datetime import UTC, datetime
+
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
-    from datetime import UTC, datetime
 
     k = result["k"]
     ends = [datetime.fromtimestamp(t, tz=UTC) for t in result["series"]["window_end_ts"]]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     for name, series in result["series"]["models"].items():
         values = series[f"recall@{k}"]
-        ax.plot(ends[:len(values)], values, marker="o", markersize=3, label=f"{name} "
+        ax.plot(ends[:len(values)], values,  # type: ignore[arg-type]  # matplotlib plots datetimes marker="o", markersize=3, label=f"{name} "
                 f"({result['models'][name][f'recall@{k}']:.3f})")
     ax.set_ylabel(f"recall@{k} per window")
     ax.set_title(f"Prequential recall@{k}: {result['events']} events replayed")

@@ -40,7 +40,7 @@ def tune(events: EventBatch, early_fraction: float = 0.5, k: int = 10, grid: dic
         r = prequential(early, ["online"], k=k, train_fraction=0.5, config=cfg)
         return float(r["models"]["online"][metric])
 
-    reference = prequential(early, ["popularity", "static"], k=k, train_fraction=0.5, config=best)
+    reference: dict[str, Any] = prequential(early, ["popularity", "static"], k=k, train_fraction=0.5, config=best)
     trials: list[dict[str, Any]] = []
     best_score = score(best)
     trials.append({"params": {}, metric: best_score})
@@ -56,8 +56,9 @@ def tune(events: EventBatch, early_fraction: float = 0.5, k: int = 10, grid: dic
                     console.print(f"{name}={value}: {metric} {s:.4f} (best {best_score:.4f})")
                 if s > best_score:
                     best, best_score = cfg, s
-    result = {"early_events": len(early), "metric": metric, "best": asdict(best), "best_score": best_score,
-              "reference": {m: v[metric] for m, v in reference["models"].items()}, "trials": trials}
+    result: dict[str, Any] = {
+        "early_events": len(early), "metric": metric, "best": asdict(best), "best_score": best_score,
+        "reference": {m: v[metric] for m, v in reference["models"].items()}, "trials": trials}
     if console is not None:
         table = Table(title=f"tuned on the first {early_fraction:.0%} of the stream ({len(early)} events)")
         table.add_column("parameter")

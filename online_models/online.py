@@ -112,9 +112,9 @@ class OnlineALS(Recommender):
                     conf[sel], pref[sel], len(group), model.regularization)
             vectors[group] = fold_in(*args) if kind == 0 else fold_in_cg(*args, x0=vectors[group], steps=steps)
         if self.config.vector_cache:
-            for i in np.flatnonzero(state < 2):
-                self._vectors[users[i]] = (model.version, int(stamps[i]), vectors[i])
-                self._vectors.move_to_end(users[i])
+            for j in np.flatnonzero(state < 2).tolist():
+                self._vectors[users[j]] = (model.version, int(stamps[j]), vectors[j])
+                self._vectors.move_to_end(users[j])
             while len(self._vectors) > self.config.vector_cache:
                 self._vectors.popitem(last=False)
         return vectors, known

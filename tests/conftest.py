@@ -169,9 +169,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]
 
 def pytest_configure(config: pytest.Config) -> None:
     # the worker subprocesses and the tests share 2 cores; keep BLAS from oversubscribing them
-    from threadpoolctl import threadpool_limits
-
     import faiss
+    from threadpoolctl import threadpool_limits
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     threadpool_limits(1, "blas")
