@@ -12,7 +12,6 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_manager.errors import BadInputFile
@@ -146,15 +145,3 @@ def import_spotify(csv_path: str | Path, out_dir: str | Path) -> ImportResult:
     events_path = write_event_file(batch, out / "spotify-playlist-events.parquet")
     return ImportResult(events_path, catalog_path, len(batch), catalog.num_rows, len(np.unique(users)),
                         int(skipped), {"playlists": playlists_path})
-
-
-def read_catalog(path: str | Path) -> pa.Table:
-    """A catalog file as an Arrow table (song_id, title, artist, genre, ts, feat_*)."""
-    p = _need(Path(path))
-    try:
-        table = pq.read_table(p)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise BadInputFile(f"{p}: not a Parquet catalog ({exc})") from exc
-    if "song_id" not in table.column_names:
-        raise BadInputFile(f"{p}: catalog has no song_id column")
-    return table

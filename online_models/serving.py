@@ -9,6 +9,7 @@ import numpy as np
 from index_manager.artifacts import ModelArtifact
 from index_manager.errors import ArtifactError
 from index_manager.song_index import SongIndex
+from online_models.content import ContentProjection
 
 
 @dataclass
@@ -24,6 +25,8 @@ class ServingModel:
     user_names: np.ndarray  # sorted; users seen in training, for the "static" baseline
     user_factors: np.ndarray
     trained_until: float
+    projection: ContentProjection | None = None
+    new_song_norm: float = 0.0
 
     @classmethod
     def from_artifact(cls, artifact: ModelArtifact) -> ServingModel:
@@ -42,6 +45,8 @@ class ServingModel:
             regularization=float(params.get("regularization", 0.05)), alpha=float(params.get("alpha", 10.0)),
             user_names=artifact.user_names[order], user_factors=artifact.user_factors[order],
             trained_until=float(artifact.trained_on.get("ts_max", 0.0) or 0.0),
+            projection=ContentProjection.from_arrays(artifact.arrays, artifact.lists.get("content_features", [])),
+            new_song_norm=float(params.get("new_song_norm", 0.0)),
         )
 
     def trained_user_vectors(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -128,6 +128,17 @@ def import_events_cmd(file: Annotated[Path, typer.Argument(help="generic event f
                   (f" (skipped {skipped} bad rows)" if skipped else ""))
 
 
+@import_app.command("catalog")
+def import_catalog_cmd(file: Annotated[Path, typer.Argument(help="catalog file (.parquet, feat_* columns)")],
+                       data_dir: DataDir = None) -> None:
+    """Append a catalog file to the catalog store (the retrain job fits the new-song projection on it)."""
+    from offline.catalog import CatalogStore
+
+    settings = _settings(data_dir=data_dir)
+    n = CatalogStore(settings.stream.catalog_dir).import_file(file)
+    console.print(f"appended {n} songs to {settings.stream.catalog_dir}")
+
+
 @app.command()
 def replay(file: Annotated[Path, typer.Argument(help="generic event file (.csv/.parquet)")],
            rate: Annotated[float, typer.Option(help="events per second; 0 = as fast as possible")] = 1000.0,
@@ -168,7 +179,10 @@ def retrain(model: Annotated[str, typer.Option(help="als")] = "als",
         raise typer.BadParameter(f"unknown model {model!r}")
     settings = _settings(data_dir=data_dir)
     cfg = settings.stream
-    result = retrain_als(EventLog(cfg.log_dir), cfg.artifacts_dir, settings.model, until=until, show_progress=True)
+    from offline.catalog import CatalogStore
+
+    result = retrain_als(EventLog(cfg.log_dir), cfg.artifacts_dir, settings.model, until=until, show_progress=True,
+                         catalog=CatalogStore(cfg.catalog_dir))
     console.print(f"trained {model} on {result.n_events} events in {result.seconds:.1f}s -> version "
                   f"{result.version}")
     if publish:
@@ -235,7 +249,9 @@ def evaluate(file: Annotated[Path, typer.Argument(help="generic event file (.csv
              train_fraction: Annotated[float, typer.Option(help="prequential: leading part trained on")] = 0.5,
              json_out: Annotated[Path | None, typer.Option("--json", help="write the figures as JSON")] = None,
              plot: Annotated[Path | None, typer.Option(help="PNG of the metric over time")] = None,
-             skip_bad: Annotated[bool, typer.Option(help="Skip and count bad rows")] = False) -> None:
+             skip_bad: Annotated[bool, typer.Option(help="Skip and count bad rows")] = False,
+             tune: Annotated[bool, typer.Option(help="prequential: choose hyper-parameters on the training part "
+                                                      "of the timeline first")] = False) -> None:
     """Evaluate models on an event file: leave-last-out (99 sampled negatives + full catalog) or
     prequential (test-then-learn replay through the online code)."""
     from offline.evaluate import evaluate_file
@@ -245,7 +261,8 @@ def evaluate(file: Annotated[Path, typer.Argument(help="generic event file (.csv
     if not 0 < k <= 500:
         raise typer.BadParameter("--k must be in 1..500")
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    result = evaluate_file(file, protocol, names, k, train_fraction, console, plot=plot, skip_bad=skip_bad)
+    result = evaluate_file(file, protocol, names, k, train_fraction, console, plot=plot, skip_bad=skip_bad,
+                           tune=tune, config=_settings().model)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))

@@ -19,13 +19,16 @@ from typing import Any
 import numpy as np
 
 from index_manager.artifacts import load_artifact
-from index_manager.errors import ArtifactError, MusicrecError
+from index_manager.errors import ArtifactError, InvalidEvent, MusicrecError
+from index_manager.keys import song_keys
+from offline.catalog import CatalogRows, CatalogStore
 from offline.eventlog import EventLog
 from online_models.base import RecList
 from online_models.batch import EventBatch
+from online_models.content import GENRE_PREFIX, feature_matrix, new_song_vectors
 from online_models.online import OnlineALS
 from online_models.serving import ServingModel
-from stream.events import parse_events
+from stream.events import Song, parse_events, parse_song
 from stream.redis_store import RecsWriter, RedisKeys, translate_errors
 from stream.settings import Settings
 
@@ -56,6 +59,9 @@ class Counters:
     last_batch_ms: float = 0.0
     swaps: int = 0
     refused_versions: int = 0
+    songs: int = 0
+    songs_indexed: int = 0
+    catalog_lag_ms: float = 0.0
     started_at: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
@@ -99,6 +105,9 @@ class BatchProcessor:
         self.redis = redis_client
         self.writer = RecsWriter(redis_client, self.keys)
         self.log = EventLog(cfg.log_dir)
+        self.catalog = CatalogStore(cfg.catalog_dir)
+        # songs added to the live index from their content, to carry over into the next version
+        self._content_songs: dict[str, tuple[dict[str, float], str | None]] = {}
         self.k = cfg.k
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.counters = Counters()
@@ -128,6 +137,56 @@ class BatchProcessor:
             raise ArtifactError(f"version {version}: index returns nothing for its own songs")
         return model
 
+    def _add_content_songs(self, model: ServingModel, names: list[str]) -> int:
+        """Project and index those of ``names`` (known content songs) the model has no vector for."""
+        proj = model.projection
+        if proj is None or not names:
+            return 0
+        missing = [n for n, r in zip(names, model.index.rows(song_keys(np.array(names, dtype=object))), strict=True)
+                   if r < 0]
+        if not missing:
+            return 0
+        feats = [self._content_songs[n][0] for n in missing]
+        genres = [self._content_songs[n][1] for n in missing]
+        x, ok = feature_matrix(proj.names, feats, genres)
+        if not ok.any():
+            return 0
+        model.index.add(np.array(missing, dtype=object)[ok], new_song_vectors(proj, x[ok], model.new_song_norm))
+        return int(ok.sum())
+
+    def add_songs(self, messages: list[Message]) -> list[DeadLetter]:
+        """Catalog events: store every valid song; index new ones from their content at once.
+        A song whose features do not fit the served model's projection is refused (dead letter)."""
+        pair = self.model.holder.peek()
+        proj = pair[0].projection if pair is not None else None
+        dead: list[DeadLetter] = []
+        accepted: list[Song] = []
+        for m in messages:
+            source = f"{m.topic}/{m.partition}/{m.offset}"
+            try:
+                song = parse_song(m.value or b"", m.key)
+                if proj is not None and song.features and not feature_matrix(
+                        proj.names, [song.features], [song.genre])[1][0]:
+                    numeric = [n for n in proj.names if not n.startswith(GENRE_PREFIX)]
+                    raise InvalidEvent(f"features do not match the model's content features ({len(numeric)} "
+                                       f"expected: {', '.join(numeric)})")
+            except InvalidEvent as exc:
+                dead.append(DeadLetter(m.key, m.value, exc.reason, source))
+                continue
+            accepted.append(song)
+        self.catalog.append(CatalogRows([s.song_id for s in accepted], [s.title for s in accepted],
+                                        [s.artist for s in accepted], [s.genre for s in accepted],
+                                        [s.features for s in accepted], [s.ts for s in accepted]))
+        with_content = [s for s in accepted if s.features]
+        self._content_songs.update({s.song_id: (s.features, s.genre) for s in with_content})
+        if pair is not None:
+            self.counters.songs_indexed += self._add_content_songs(pair[0], [s.song_id for s in with_content])
+        self.counters.songs += len(accepted)
+        self.counters.refused += len(dead)
+        if messages:
+            self.counters.catalog_lag_ms = (time.time() - max(m.timestamp for m in messages)) * 1000
+        return dead
+
     def try_swap(self, version: str) -> bool:
         current = self.model.holder.version
         if version == current or (current is not None and version < current):
@@ -138,6 +197,8 @@ class BatchProcessor:
             self.counters.refused_versions += 1
             log.error("refusing model version %s, still serving %s: %s", version, current, exc)
             return False
+        # songs added from content since the training cut-off go into the new index before it serves
+        self._add_content_songs(candidate, list(self._content_songs))
         swapped = self.model.install(candidate)
         if swapped:
             self.counters.swaps += 1

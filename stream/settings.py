@@ -56,6 +56,10 @@ class StreamConfig:
         return Path(self.data_dir) / "log"
 
     @property
+    def catalog_dir(self) -> Path:
+        return Path(self.data_dir) / "catalog"
+
+    @property
     def artifacts_dir(self) -> Path:
         return Path(self.data_dir) / "versions"
 

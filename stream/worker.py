@@ -15,7 +15,6 @@ from typing import Any
 import faust
 
 from index_manager.errors import ServiceUnavailable
-from stream.events import parse_song
 from stream.pipeline import BatchProcessor, DeadLetter, Message
 from stream.settings import Settings, StreamConfig
 
@@ -79,16 +78,10 @@ def build_app(settings: Settings, processor: BatchProcessor) -> faust.App:
 
     @app.agent(songs_topic)
     async def catalog(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(500, within=0.2):  # type: ignore[attr-defined]
-            dead = []
-            for e in events:
-                m = e.message
-                try:
-                    parse_song(m.value or b"", m.key)
-                except Exception as exc:
-                    dead.append(DeadLetter(m.key, m.value, getattr(exc, "reason", str(exc)),
-                                           f"{m.topic}/{m.partition}/{m.offset}"))
-            processor.counters.refused += len(dead)
+        async for events in stream.take_events(500, within=0.05):  # type: ignore[attr-defined]
+            messages = [Message(e.message.key, e.message.value, e.message.topic, e.message.partition,
+                                e.message.offset, e.message.timestamp) for e in events]
+            dead = processor.add_songs(messages)
             if dead:
                 await dead_letters(dead)
 

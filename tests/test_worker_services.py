@@ -153,3 +153,48 @@ def test_up_prints_endpoints_and_stops_on_ctrl_c() -> None:
     assert connect(exports["REDIS_URL"]).ping()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=15) == 0
+
+
+def test_new_song_from_the_catalog_is_recommended_before_anyone_plays_it(make_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
+    from offline.catalog import CatalogRows, CatalogStore
+    from stream.events import Song
+
+    settings = make_settings(factors=8)
+    cfg = settings.stream
+    log = EventLog(cfg.log_dir)
+    log.append(synthetic_log())
+    rng = np.random.default_rng(0)
+    # content that says which taste cluster a song belongs to (odd/even), plus noise
+    CatalogStore(cfg.catalog_dir).append(CatalogRows(
+        [f"s{i}" for i in range(120)], [f"t{i}" for i in range(120)], ["a"] * 120,
+        ["odd" if i % 2 else "even" for i in range(120)],
+        [{"x": float(rng.normal()), "y": float(rng.normal())} for i in range(120)]))
+    result = retrain_als(log, cfg.artifacts_dir, settings.model, catalog=CatalogStore(cfg.catalog_dir))
+    assert "content_weights" in result.artifact.arrays
+    publish_version(connect(cfg.redis_url), RedisKeys(cfg.redis_namespace), result.version)
+    ensure_topics(cfg)
+    worker = start_worker(settings)
+    worker.wait(lambda s: s["version"] == result.version, 60, "model load")
+    with EventProducer(cfg) as producer:
+        producer.send_songs([Song("fresh-odd", "New", "Someone", "odd", {"x": 0.1, "y": -0.2}, time.time()),
+                             Song("bad-features", "Bad", "Someone", "odd", {"x": 0.3}, time.time())])
+    stats = worker.wait(lambda s: s["songs"] >= 1 and s["refused"] >= 1, 30, "the catalog events")
+    assert stats["songs_indexed"] == 1 and stats["refused"] == 1
+    dead = read_topic(cfg, cfg.dlq_topic, timeout=10)
+    assert [d.key for d in dead] == [b"bad-features"]
+    assert "features do not match" in dead[0].headers[REASON_HEADER].decode()
+    # users refresh their lists with one play each; the unplayed new song reaches the odd cluster only
+    odd_users, even_users = [f"u{i}" for i in range(1, 20, 2)], [f"u{i}" for i in range(0, 20, 2)]
+    users = odd_users + even_users
+    plays = EventBatch.from_columns(np.array(users, dtype=object),
+                                    np.array(["s1" if int(u[1:]) % 2 else "s0" for u in users], dtype=object),
+                                    ts=np.full(len(users), time.time()),
+                                    event_ids=np.array([f"refresh-{u}" for u in users], dtype=object))
+    with EventProducer(cfg) as producer:
+        producer.send_events(plays)
+    client = RecsClient(cfg.redis_url, cfg.redis_namespace)
+    lists = {u: wait_value(client, u, lambda v, u=u: bool(v.last_event) and v.last_event["event_id"] == f"refresh-{u}")
+             for u in users}
+    odd_hits = sum("fresh-odd" in lists[u].song_ids for u in odd_users)
+    even_hits = sum("fresh-odd" in lists[u].song_ids for u in even_users)
+    assert odd_hits >= 5 and even_hits <= 1, (odd_hits, even_hits)
