@@ -282,6 +282,15 @@ def bench(name: Annotated[str, typer.Argument(help="benchmark name (see benchmar
         raise typer.BadParameter(str(exc)) from exc
 
 
+@app.command()
+def api(host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="port")] = 8080) -> None:
+    """Serve the read API (recs, similar songs, health, Prometheus metrics) and the live dashboard."""
+    from stream.api import serve
+
+    serve(_settings(), host=host, port=port)
+
+
 @app.command("config")
 def show_config(markdown: Annotated[bool, typer.Option(help="print the README's table")] = False) -> None:
     """Every setting with its environment variable, default, current value and meaning."""
