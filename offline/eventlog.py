@@ -117,17 +117,38 @@ class EventLog:
                                 f"{_window(since, until)} ORDER BY ts, ingested_at, event_id").to_arrow_table()
         return arrow_to_batch(table)
 
-    def interactions(self, config: OnlineConfig, since: float | None = None, until: float | None = None
-                     ) -> Interactions:
+    HOLDOUT_SQL = """
+        SELECT user_id, song_id FROM (
+            SELECT user_id, song_id, first_ts,
+                   row_number() OVER (PARTITION BY user_id ORDER BY first_ts DESC, hash(song_id), song_id) AS r,
+                   count(*) OVER (PARTITION BY user_id) AS n
+            FROM (SELECT user_id, song_id, min(ts) AS first_ts FROM w WHERE event = 'play' GROUP BY ALL))
+        WHERE r = 1 AND n >= 2"""
+
+    def holdout(self, since: float | None = None, until: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Leave-last-out slice: per user with >= 2 distinct played songs, the song they most recently
+        played for the first time (ties broken by a hash of the song id). (users, songs), sorted."""
+        with closing(self.connect()) as con:
+            t = con.sql(f"WITH w AS (SELECT * FROM events {_window(since, until)}) {self.HOLDOUT_SQL} "
+                        "ORDER BY user_id").to_arrow_table()
+        return (t.column("user_id").to_numpy(zero_copy_only=False).astype(object),
+                t.column("song_id").to_numpy(zero_copy_only=False).astype(object))
+
+    def interactions(self, config: OnlineConfig, since: float | None = None, until: float | None = None,
+                     exclude_holdout: bool = False) -> Interactions:
         """Training input aggregated in SQL with the online state's rules (``online_models.history``):
         plays weigh min(1, ms_played / full_play_ms) (1 when unknown), skips ``skip_weight``, each
         decayed by its age relative to the user's latest event; the strongest ``max_history`` songs
-        per user are kept."""
+        per user are kept. ``exclude_holdout`` drops every event of the :meth:`holdout` pairs, so a
+        model can be evaluated on what it never saw."""
         half_life_s = config.half_life_days * 86400.0
         decay = "1.0" if half_life_s <= 0 else f"exp(-ln(2) * (user_last - ts) / {half_life_s!r})"
+        holdout = f", h AS ({self.HOLDOUT_SQL})" if exclude_holdout else ""
+        source = "(SELECT w.* FROM w ANTI JOIN h USING (user_id, song_id))" if exclude_holdout else "w"
         sql = f"""
-            WITH w AS (SELECT * FROM events {_window(since, until)}),
-            u AS (SELECT *, max(ts) OVER (PARTITION BY user_id) AS user_last FROM w),
+            WITH w AS (SELECT * FROM events {_window(since, until)}){holdout},
+            t AS (SELECT * FROM {source}),
+            u AS (SELECT *, max(ts) OVER (PARTITION BY user_id) AS user_last FROM t),
             agg AS (
                 SELECT user_id, song_id,
                     sum(CASE WHEN event = 'play' THEN

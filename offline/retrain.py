@@ -1,4 +1,8 @@
-"""A retrain job: event log -> training data (SQL) -> model -> versioned artifact on disk."""
+"""A retrain job: event log -> training data (SQL) -> model -> evaluation gate -> versioned artifact.
+
+Every candidate is written as a version (so a refused one can be inspected); whether it may be
+published is the gate's decision, recorded in its manifest's ``metrics.gate``.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from index_manager.artifacts import ModelArtifact, save_artifact
 from offline.catalog import CatalogStore
+from offline.config import TrainConfig
 from offline.eventlog import EventLog
+from offline.gate import Decision, decide, make_slice, version_metrics
 from online_models.als import train_als
 from online_models.config import OnlineConfig
 from online_models.content import attach_projection
+from online_models.ncf import NCFConfig, train_ncf
 
 
 @dataclass(frozen=True)
@@ -20,23 +29,56 @@ class RetrainResult:
     artifact: ModelArtifact
     seconds: float
     n_events: int
+    decision: Decision
 
 
-def retrain_als(log: EventLog, artifacts_dir: str | Path, config: OnlineConfig, until: float | None = None,
-                since: float | None = None, show_progress: bool = False,
-                catalog: CatalogStore | None = None) -> RetrainResult:
-    """Train ALS on the log window (since, until] and write it as a new version (not yet published).
-    With a catalog that has content features, the version also carries the new-song projection."""
+def retrain(log: EventLog, artifacts_dir: str | Path, config: OnlineConfig, train: TrainConfig | None = None,
+            ncf_config: NCFConfig | None = None, served: ModelArtifact | None = None, until: float | None = None,
+            catalog: CatalogStore | None = None, show_progress: bool = False, k: int = 10) -> RetrainResult:
+    """Train on the log window minus each user's held-out song, gate against ``served`` on that
+    slice, write the candidate as a new version and return the decision (publishing is the caller's)."""
+    train = train or TrainConfig()
     t0 = time.perf_counter()
     span = log.range(until)
-    if span.n_events == 0:
+    if span.n_events == 0 or span.ts_max is None:
         raise ValueError(f"the event log at {log.root} has no events to train on")
-    interactions = log.interactions(config, since=since, until=until)
-    artifact = train_als(interactions, config, show_progress=show_progress,
-                         trained_on={"since": since, "until": until, "ts_min": span.ts_min,
-                                     "ts_max": span.ts_max, "n_events": span.n_events})
+    since = span.ts_max - train.window_days * 86400.0 if train.window_days > 0 else None
+    users, songs = log.holdout(since, until)
+    if len(users) > train.gate_users:
+        keep = np.sort(np.random.default_rng(config.seed).choice(len(users), train.gate_users, replace=False))
+        users, songs = users[keep], songs[keep]
+    history = log.interactions(config, since=since, until=until, exclude_holdout=len(users) > 0)
+    trained_on = {"since": since, "until": until, "ts_min": span.ts_min, "ts_max": span.ts_max,
+                  "n_events": span.n_events, "held_out_users": len(users)}
+    if train.model == "ncf":
+        artifact = train_ncf(history, ncf_config or NCFConfig(), backend=train.backend,
+                             show_progress=show_progress, trained_on=trained_on)
+        # fold-in of online users needs the same weighting the ALS path uses
+        artifact.params.update(alpha=config.alpha, regularization=config.regularization)
+    else:
+        artifact = train_als(history, config, show_progress=show_progress, trained_on=trained_on)
     if catalog is not None:
         rows = catalog.read()
         attach_projection(artifact, rows.song_ids, rows.features, rows.genres, config.new_song_norm_quantile)
+    try:
+        data = make_slice(history, users, songs, seed=config.seed)
+    except ValueError as exc:
+        data = None
+        decision = Decision(True, f"not evaluated ({exc}); published on trust", {})
+    if data is not None and len(users):
+        candidate = version_metrics(artifact, data, config, k)
+        served_metrics = version_metrics(served, data, config, k) if served is not None else None
+        decision = decide(candidate, served_metrics, train.gate_tolerance, k)
+    elif data is not None:
+        decision = Decision(True, "no user has two distinct songs yet: nothing to evaluate", {})
+    artifact.metrics["gate"] = dict(decision.as_dict(), served_version=served.version if served else None,
+                                    tolerance=train.gate_tolerance)
     version = save_artifact(artifacts_dir, artifact)
-    return RetrainResult(version, artifact, time.perf_counter() - t0, span.n_events)
+    return RetrainResult(version, artifact, time.perf_counter() - t0, span.n_events, decision)
+
+
+def retrain_als(log: EventLog, artifacts_dir: str | Path, config: OnlineConfig, until: float | None = None,
+                show_progress: bool = False, catalog: CatalogStore | None = None) -> RetrainResult:
+    """ALS retrain with the default gate settings and nothing served (tests, demo)."""
+    return retrain(log, artifacts_dir, config, TrainConfig(), until=until, catalog=catalog,
+                   show_progress=show_progress)

@@ -20,6 +20,7 @@ from online_models.ranking import first_occurrence_mask, mask_seen, take_top
 from online_models.serving import ServingModel
 
 POPULARITY_VERSION = "popularity"
+RERANK_DEPTH = 50  # first-stage candidates NeuMF re-orders per user
 
 
 class OnlineALS(Recommender):
@@ -148,7 +149,9 @@ class OnlineALS(Recommender):
             beta = (known / (known + n0) if n0 > 0 else (known > 0)).astype(np.float32)
             ann_k, ann_cf, ann_rank = self._ann_candidates(model, vectors, w_max)
             pop_rows = model.index.rows(pop_k)
-            pop_cf = vectors @ model.index.factors[np.maximum(pop_rows, 0)].T if n_pop else cand_cf
+            # einsum, not BLAS: a row's dot products must not depend on how many users share the call
+            pop_cf = np.einsum("uf,cf->uc", vectors, model.index.factors[np.maximum(pop_rows, 0)]) \
+                if n_pop else cand_cf
             pop_cf = np.where(pop_rows >= 0, pop_cf, 0.0).astype(np.float32)  # songs newer than the model
             ann_pop = (self.popularity.scores(ann_k) / pop_c[0]).astype(np.float32) if n_pop else \
                 np.zeros(ann_k.shape, np.float32)
@@ -164,9 +167,31 @@ class OnlineALS(Recommender):
         allowed = in_width & (cand_k >= 0) & ~first_occurrence_mask(cand_k)
         if not self.config.relisten:
             allowed &= ~mask_seen(cand_k, seen.slots, seen.keys)
-        keys, top = take_top(cand_k, scores.astype(np.float32), allowed, k)
+        depth = max(k, RERANK_DEPTH) if model is not None and model.ranker is not None else k
+        keys, top = take_top(cand_k, scores.astype(np.float32), allowed, depth)
+        if depth > k:
+            keys, top = self._rerank(model, users, keys, top, beta, k)  # type: ignore[arg-type]
         names = self._names_of(keys, model)
         return RecList(names, top, np.full(keys.shape, None, dtype=object), version)
+
+    def _rerank(self, model: ServingModel, users: np.ndarray, keys: np.ndarray, scores: np.ndarray,
+                beta: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Second stage: NeuMF reorders the first stage's top candidates of users it was trained on
+        and whose lists are mostly collaborative (β >= 1/2); everyone else keeps the first stage."""
+        ranker = model.ranker
+        assert ranker is not None
+        rows = ranker.user_rows(users)
+        use = np.flatnonzero((rows >= 0) & (beta >= 0.5))
+        if len(use):
+            song_rows = ranker.song_rows(model.index.names_of(keys[use]))
+            logits = ranker.score(rows[use], np.maximum(song_rows, 0))
+            # songs NeuMF never saw (added from content) keep their place after the ones it scored
+            logits = np.where((song_rows >= 0) & (keys[use] >= 0), logits, -np.inf)
+            order = np.argsort(-logits, axis=1, kind="stable")
+            keys[use] = np.take_along_axis(keys[use], order, axis=1)
+            scores[use] = np.where(np.isfinite(np.take_along_axis(logits, order, axis=1)),
+                                   np.take_along_axis(logits, order, axis=1), -np.inf)
+        return keys[:, :k], scores[:, :k]
 
     @staticmethod
     def _ann_candidates(model: ServingModel, vectors: np.ndarray, width: int

@@ -10,6 +10,7 @@ from index_manager.artifacts import ModelArtifact
 from index_manager.errors import ArtifactError
 from index_manager.song_index import SongIndex
 from online_models.content import ContentProjection
+from online_models.ncf import NCFScorer
 
 
 @dataclass
@@ -27,6 +28,7 @@ class ServingModel:
     trained_until: float
     projection: ContentProjection | None = None
     new_song_norm: float = 0.0
+    ranker: NCFScorer | None = None  # NeuMF re-ranks index candidates for users it was trained on
 
     @classmethod
     def from_artifact(cls, artifact: ModelArtifact) -> ServingModel:
@@ -47,6 +49,7 @@ class ServingModel:
             trained_until=float(artifact.trained_on.get("ts_max", 0.0) or 0.0),
             projection=ContentProjection.from_arrays(artifact.arrays, artifact.lists.get("content_features", [])),
             new_song_norm=float(params.get("new_song_norm", 0.0)),
+            ranker=NCFScorer.from_artifact(artifact) if artifact.kind == "ncf" else None,
         )
 
     def trained_user_vectors(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -167,30 +167,24 @@ def replay(file: Annotated[Path, typer.Argument(help="generic event file (.csv/.
 
 
 @app.command()
-def retrain(model: Annotated[str, typer.Option(help="als")] = "als",
+def retrain(model: Annotated[str | None, typer.Option(help="als or ncf (default MUSICREC_MODEL)")] = None,
+            backend: Annotated[str | None, typer.Option(help="NeuMF backend: torch or mlx")] = None,
             data_dir: DataDir = None,
             until: Annotated[float | None, typer.Option(help="train on events with ts <= UNTIL")] = None,
-            publish: Annotated[bool, typer.Option(help="point workers at the new version")] = True) -> None:
-    """Train a full model from the event log, write a new version, publish it."""
-    from offline.eventlog import EventLog
-    from offline.retrain import retrain_als
+            every: Annotated[str | None, typer.Option(help="run periodically, e.g. 30m, 1h (scheduler mode)")] = None,
+            publish: Annotated[bool, typer.Option(help="point workers at the version if the gate passes")] = True,
+            ) -> None:
+    """Train a full model from the event log, gate it against the served version, publish if not worse."""
+    from offline.config import parse_period
+    from stream.scheduler import run_retrain, run_scheduled
 
-    if model != "als":
-        raise typer.BadParameter(f"unknown model {model!r}")
-    settings = _settings(data_dir=data_dir)
-    cfg = settings.stream
-    from offline.catalog import CatalogStore
-
-    result = retrain_als(EventLog(cfg.log_dir), cfg.artifacts_dir, settings.model, until=until, show_progress=True,
-                         catalog=CatalogStore(cfg.catalog_dir))
-    console.print(f"trained {model} on {result.n_events} events in {result.seconds:.1f}s -> version "
-                  f"{result.version}")
-    if publish:
-        from stream.publish import publish_version
-        from stream.redis_store import RedisKeys, connect
-
-        publish_version(connect(cfg.redis_url), RedisKeys(cfg.redis_namespace), result.version)
-        console.print(f"published {result.version}")
+    settings = _settings(data_dir=data_dir, model=model, backend=backend, every=every)
+    if settings.train.every:
+        run_scheduled(settings, parse_period(settings.train.every), until=until, publish=publish, console=console)
+    else:
+        outcome = run_retrain(settings, until=until, publish=publish, console=console)
+        if not outcome.decision.publish:
+            raise typer.Exit(3)
 
 
 @app.command()

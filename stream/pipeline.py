@@ -112,6 +112,7 @@ class BatchProcessor:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.counters = Counters()
         self._active: OrderedDict[str, None] = OrderedDict()
+        self._refused: set[str] = set()
 
     # -- start-up -----------------------------------------------------------------------------
     def restore(self, chunk: int = 200_000) -> int:
@@ -189,12 +190,13 @@ class BatchProcessor:
 
     def try_swap(self, version: str) -> bool:
         current = self.model.holder.version
-        if version == current or (current is not None and version < current):
+        if version == current or (current is not None and version < current) or version in self._refused:
             return False
         try:
             candidate = self.load_version(version)
         except (ArtifactError, MusicrecError, OSError, ValueError) as exc:
             self.counters.refused_versions += 1
+            self._refused.add(version)  # logged once; a fixed artifact gets a new version name
             log.error("refusing model version %s, still serving %s: %s", version, current, exc)
             return False
         # songs added from content since the training cut-off go into the new index before it serves

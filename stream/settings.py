@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from index_manager.errors import ConfigError
+from offline.config import TrainConfig
 from online_models.config import OnlineConfig, setting
+from online_models.ncf import NCFConfig
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,11 @@ class StreamConfig:
 class Settings:
     stream: StreamConfig
     model: OnlineConfig
+    train: TrainConfig
+    ncf: NCFConfig
 
 
-SECTIONS: dict[str, type] = {"stream": StreamConfig, "model": OnlineConfig}
+SECTIONS: dict[str, type] = {"stream": StreamConfig, "model": OnlineConfig, "train": TrainConfig, "ncf": NCFConfig}
 
 
 def _convert(raw: Any, typ: Any, where: str) -> Any:

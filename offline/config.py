@@ -1,0 +1,40 @@
+"""Settings of the retrain job and its evaluation gate, each declared once (type, default, env, doc)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from online_models.config import setting
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = setting("als", "MUSICREC_MODEL", "Model a retrain trains: als or ncf.")  # type: ignore[assignment]
+    backend: str = setting("torch", "MUSICREC_NCF_BACKEND", "NeuMF backend: torch or mlx (mlx[cpu] runs on Linux).")  # type: ignore[assignment]
+    gate_tolerance: float = setting(0.005, "MUSICREC_GATE_TOLERANCE", "A candidate is published unless its HR@10 is below the served version's by more than this (absolute).")  # type: ignore[assignment]
+    gate_users: int = setting(5000, "MUSICREC_GATE_USERS", "Held-out users the gate evaluates (a seeded sample when there are more).")  # type: ignore[assignment]
+    window_days: float = setting(0.0, "MUSICREC_TRAIN_WINDOW_DAYS", "Train on the last N days of the log only; 0 = all of it.")  # type: ignore[assignment]
+    every: str = setting("", "MUSICREC_RETRAIN_EVERY", "Scheduler period for `musicrec retrain --every` (e.g. 30m, 1h, 1d); empty = run once.")  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.model not in ("als", "ncf"):
+            raise ValueError(f"MUSICREC_MODEL must be als or ncf, got {self.model!r}")
+        if self.backend not in ("torch", "mlx"):
+            raise ValueError(f"MUSICREC_NCF_BACKEND must be torch or mlx, got {self.backend!r}")
+        if self.gate_tolerance < 0 or self.gate_users <= 0 or self.window_days < 0:
+            raise ValueError("gate_tolerance and window_days must be >= 0, gate_users > 0")
+        if self.every:
+            parse_period(self.every)
+
+
+def parse_period(text: str) -> float:
+    """Seconds in '90s', '30m', '1h', '1d' (a bare number means seconds)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise ValueError(f"not a period: {text!r} (use e.g. 90s, 30m, 1h, 1d)") from None
+    if value <= 0:
+        raise ValueError(f"period must be positive: {text!r}")
+    return value
