@@ -32,6 +32,7 @@ class OnlineConfig:
     foldin_cg_steps: int = setting(3, "MUSICREC_FOLDIN_CG_STEPS", "Conjugate-gradient steps when re-solving a user from their cached vector; 0 = always the exact solve.")  # type: ignore[assignment]
     vector_cache: int = setting(200_000, "MUSICREC_VECTOR_CACHE", "Users whose folded-in vectors are kept between batches (LRU).")  # type: ignore[assignment]
     new_song_norm_quantile: float = setting(0.9, "MUSICREC_NEW_SONG_NORM_QUANTILE", "Exposure policy for songs nobody has played yet: their content vector gets this quantile of trained songs' vector norms.")  # type: ignore[assignment]
+    diversity: float = setting(0.0, "MUSICREC_DIVERSITY", "MMR trade-off in [0, 1): 0 ranks by relevance only; higher values penalise songs similar to ones already in the list.")  # type: ignore[assignment]
     seed: int = setting(0, "MUSICREC_SEED", "Random seed for training.")  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -39,6 +40,8 @@ class OnlineConfig:
             raise ValueError("factors, iterations, max_history and candidates must be positive")
         if self.regularization < 0 or self.alpha < 0 or self.skip_weight < 0 or self.full_play_ms <= 0:
             raise ValueError("regularization, alpha and skip_weight must be >= 0, full_play_ms > 0")
+        if not 0.0 <= self.diversity < 1.0:
+            raise ValueError("diversity must be within [0, 1)")
         if not 0.0 <= self.new_song_norm_quantile <= 1.0:
             raise ValueError("new_song_norm_quantile must be within [0, 1]")
         if self.foldin_cg_steps < 0 or self.vector_cache < 0:

@@ -8,6 +8,8 @@ import numpy as np
 
 from index_manager.artifacts import ModelArtifact, new_version_name
 from index_manager.holder import ModelHolder
+from index_manager.keys import song_keys
+from index_manager.song_index import SongIndex
 from online_models.als import train_als
 from online_models.base import RecList, Recommender, check_request
 from online_models.batch import EventBatch
@@ -167,10 +169,15 @@ class OnlineALS(Recommender):
         allowed = in_width & (cand_k >= 0) & ~first_occurrence_mask(cand_k)
         if not self.config.relisten:
             allowed &= ~mask_seen(cand_k, seen.slots, seen.keys)
-        depth = max(k, RERANK_DEPTH) if model is not None and model.ranker is not None else k
+        rerank = model is not None and model.ranker is not None
+        diverse = model is not None and self.config.diversity > 0
+        depth = max(k, RERANK_DEPTH) if rerank or diverse else k
         keys, top = take_top(cand_k, scores.astype(np.float32), allowed, depth)
-        if depth > k:
-            keys, top = self._rerank(model, users, keys, top, beta, k)  # type: ignore[arg-type]
+        if rerank:
+            keys, top = self._rerank(model, users, keys, top, beta, depth)  # type: ignore[arg-type]
+        if diverse:
+            keys, top = mmr(keys, top, model.index, self.config.diversity, k)  # type: ignore[union-attr]
+        keys, top = keys[:, :k], top[:, :k]
         names = self._names_of(keys, model)
         return RecList(names, top, np.full(keys.shape, None, dtype=object), version)
 
@@ -215,6 +222,39 @@ class OnlineALS(Recommender):
         np.put_along_axis(rank, order, np.arange(keys.shape[1]), axis=1)
         return keys, np.where(np.isfinite(exact), exact, 0.0).astype(np.float32), rank
 
+    def explain(self, users: np.ndarray, recs: RecList, recent: int = 20) -> RecList:
+        """Fill ``reasons``: for each recommended song, the song among the user's ``recent`` latest
+        plays it is most similar to (cosine of item factors): "because you played X"; songs the
+        user's history says nothing about are "popular now"."""
+        pair = self.holder.peek()
+        filled = recs.song_ids != ""
+        reasons = np.full(recs.song_ids.shape, None, dtype=object)
+        reasons[filled] = "popular now"
+        if pair is None or not len(users):
+            return RecList(recs.song_ids, recs.scores, reasons, recs.version)
+        model = pair[0]
+        rows = self.history.gather(users)
+        item_rows = model.index.rows(rows.keys)
+        ok = (item_rows >= 0) & (rows.pos > rows.neg)
+        slots, item_rows, last = rows.slots[ok], item_rows[ok], rows.last_ts[ok]
+        order = np.lexsort((-last, slots))
+        slots, item_rows = slots[order], item_rows[order]
+        start = np.searchsorted(slots, np.arange(len(users)))
+        rank = np.arange(len(slots)) - start[slots]
+        keep = rank < recent
+        hist = np.full((len(users), recent), -1, np.int64)
+        hist[slots[keep], rank[keep]] = item_rows[keep]
+        unit = model.index.factors / np.maximum(np.linalg.norm(model.index.factors, axis=1, keepdims=True), 1e-12)
+        rec_rows = model.index.rows(song_keys(recs.song_ids.ravel())).reshape(recs.song_ids.shape)
+        sims = np.einsum("ukf,uhf->ukh", unit[np.maximum(rec_rows, 0)], unit[np.maximum(hist, 0)])
+        sims = np.where((hist >= 0)[:, None, :], sims, -np.inf)
+        best = np.argmax(sims, axis=2)
+        found = np.isfinite(np.max(sims, axis=2)) & (rec_rows >= 0)
+        source = model.index.names[np.take_along_axis(hist, best, axis=1)]
+        explained = found & filled
+        reasons[explained] = [f"because you played {s}" for s in source[explained]]
+        return RecList(recs.song_ids, recs.scores, reasons, recs.version)
+
     def popular(self, k: int) -> RecList:
         """The cold-start list: the ``k`` most popular songs now (one row)."""
         keys, counts = self.popularity.top(k)
@@ -232,3 +272,33 @@ class OnlineALS(Recommender):
             names[missing] = [self._names.get(int(x), "") for x in keys[missing]]
         return names
 
+
+
+def mmr(keys: np.ndarray, scores: np.ndarray, index: SongIndex, trade_off: float, k: int
+        ) -> tuple[np.ndarray, np.ndarray]:
+    """Maximal marginal relevance (Carbonell & Goldstein 1998) over each row's candidates: pick, k times,
+    the song maximising (1-λ)·relevance - λ·(max cosine similarity to the songs already picked).
+    Relevance is the row's scores scaled to [0, 1]; rows are processed together, one step per pick."""
+    n, m = keys.shape
+    rows = index.rows(keys.ravel()).reshape(keys.shape)
+    valid = (keys >= 0) & np.isfinite(scores) & (rows >= 0)
+    unit = index.factors / np.maximum(np.linalg.norm(index.factors, axis=1, keepdims=True), 1e-12)
+    vec = unit[np.maximum(rows, 0)]
+    sim = np.einsum("umf,ujf->umj", vec, vec)
+    s = np.where(valid, scores, np.nan)
+    lo, hi = np.nanmin(np.where(valid.any(axis=1, keepdims=True), s, 0.0), axis=1, keepdims=True), \
+        np.nanmax(np.where(valid.any(axis=1, keepdims=True), s, 0.0), axis=1, keepdims=True)
+    rel = np.where(valid, (np.nan_to_num(s) - lo) / np.maximum(hi - lo, 1e-12), -np.inf)
+    picked = np.full((n, min(k, m)), -1, np.int64)
+    max_sim = np.zeros((n, m))
+    available = valid.copy()
+    for step in range(picked.shape[1]):
+        value = np.where(available, (1 - trade_off) * rel - trade_off * max_sim, -np.inf)
+        choice = np.argmax(value, axis=1)
+        has = np.isfinite(value[np.arange(n), choice])
+        picked[has, step] = choice[has]
+        available[np.arange(n)[has], choice[has]] = False
+        max_sim = np.maximum(max_sim, np.where(has[:, None], sim[np.arange(n), choice], 0.0))
+    out_k = np.where(picked >= 0, np.take_along_axis(keys, np.maximum(picked, 0), axis=1), -1)
+    out_s = np.where(picked >= 0, np.take_along_axis(scores, np.maximum(picked, 0), axis=1), -np.inf)
+    return out_k, out_s.astype(np.float32)

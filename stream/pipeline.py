@@ -212,7 +212,8 @@ class BatchProcessor:
         users = np.asarray(list(self._active), dtype=object)
         for start in range(0, len(users), batch_size):
             part = users[start:start + batch_size]
-            self.writer.write(part, self.model.recommend(part, self.k), None, self._popular_list())
+            self.writer.write(part, self.model.explain(part, self.model.recommend(part, self.k)), None,
+                              self._popular_list())
         return len(users)
 
     # -- the hot path -------------------------------------------------------------------------
@@ -229,7 +230,7 @@ class BatchProcessor:
             self.log.append(batch)
             produced = np.array([messages[i].timestamp for i in parsed.positions], dtype=np.float64)
             touched = self.model.partial_fit(batch)
-            recs = self.model.recommend(touched, self.k)
+            recs = self.model.explain(touched, self.model.recommend(touched, self.k))
             self.writer.write(touched, recs, last_per_user(touched, batch, produced), self._popular_list())
             for u in touched:
                 self._touch(u)

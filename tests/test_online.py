@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from index_manager.keys import song_keys
 from online_models.base import Recommender
 from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
@@ -90,3 +91,54 @@ def test_skips_push_a_song_down() -> None:
     s_after = dict(zip(model.recommend(user, k=200).song_ids[0], model.recommend(user, k=200).scores[0],
                        strict=True)).get(top, -np.inf)
     assert s_after < s_before
+
+
+def test_explanations_name_a_similar_song_the_user_played() -> None:
+    log = synthetic_log()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10))
+    model.fit(log)
+    users = np.array(["u1", "u2", "nobody"], dtype=object)
+    recs = model.explain(users, model.recommend(users, k=5))
+    played = {u: set(log.song_ids[log.user_ids == u]) for u in ("u1", "u2")}
+    for i, user in enumerate(users[:2]):
+        for reason in recs.reasons[i]:
+            assert reason.startswith("because you played ")
+            source = reason.removeprefix("because you played ")
+            assert source in played[user]
+    # known answer for one song: the played song with the highest cosine similarity to it
+    pair = model.holder.peek()
+    assert pair is not None
+    index = pair[0].index
+    unit = index.factors / np.linalg.norm(index.factors, axis=1, keepdims=True)
+    latest = [s for s in log.song_ids[log.user_ids == "u2"][::-1]]
+    recent = list(dict.fromkeys(latest))[:20]
+    rec = recs.song_ids[1][0]
+    sims = unit[index.rows(song_keys(np.array(recent, dtype=object)))] @ unit[index.rows(song_keys(np.array([rec])))][0]
+    assert recs.reasons[1][0] == f"because you played {recent[int(np.argmax(sims))]}"
+    assert set(recs.reasons[2]) == {"popular now"}
+
+
+def test_mmr_diversity_lowers_list_similarity_and_keeps_relevance_first() -> None:
+    log = synthetic_log()
+    users = np.array([f"u{i}" for i in range(20)], dtype=object)
+
+    def similarity(model: OnlineALS) -> float:
+        recs = model.recommend(users, k=10)
+        pair = model.holder.peek()
+        assert pair is not None
+        index = pair[0].index
+        f = index.factors / np.linalg.norm(index.factors, axis=1, keepdims=True)
+        out = []
+        for row in recs.song_ids:
+            v = f[index.rows(song_keys(row))]
+            s = v @ v.T
+            out.append((s.sum() - len(v)) / (len(v) * (len(v) - 1)))
+        return float(np.mean(out))
+
+    plain = OnlineALS(OnlineConfig(factors=8, iterations=10))
+    plain.fit(log)
+    diverse = OnlineALS(OnlineConfig(factors=8, iterations=10, diversity=0.7))
+    diverse.fit(log)
+    assert similarity(diverse) < similarity(plain)
+    a, b = plain.recommend(users, k=10), diverse.recommend(users, k=10)
+    assert (a.song_ids[:, 0] == b.song_ids[:, 0]).mean() >= 0.8, "the most relevant song is still picked first"
