@@ -164,8 +164,8 @@ def plot_series(result: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     for name, series in result["series"]["models"].items():
         values = series[f"recall@{k}"]
-        ax.plot(ends[:len(values)], values,  # type: ignore[arg-type]  # matplotlib plots datetimes marker="o", markersize=3, label=f"{name} "
-                f"({result['models'][name][f'recall@{k}']:.3f})")
+        label = f"{name} ({result['models'][name][f'recall@{k}']:.3f})"
+        ax.plot(ends[:len(values)], values, marker="o", markersize=3, label=label)  # type: ignore[arg-type]
     ax.set_ylabel(f"recall@{k} per window")
     ax.set_title(f"Prequential recall@{k}: {result['events']} events replayed")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))

@@ -74,10 +74,11 @@ class OnlineALS(Recommender):
     def partial_fit(self, events: EventBatch) -> np.ndarray:
         if len(events) == 0:
             return np.empty(0, dtype=object)
-        keys = events.song_keys
-        new = ~np.isin(keys, np.fromiter(self._names, np.int64, len(self._names)))
-        if new.any():
-            self._names.update(zip(keys[new].tolist(), events.song_ids[new].tolist(), strict=True))
+        keys, first = np.unique(events.song_keys, return_index=True)
+        names = self._names
+        for key, i in zip(keys.tolist(), first.tolist(), strict=True):
+            if key not in names:
+                names[key] = events.song_ids[i]
         self.popularity.update(events)
         return self.history.update(events)
 
@@ -215,7 +216,8 @@ class OnlineALS(Recommender):
         for start in range(0, len(keys), 512):  # bounds the (users x candidates x f) gather
             part = slice(start, start + 512)
             r = rows[part]
-            dots = np.einsum("uf,ucf->uc", vectors[part], model.index.factors[np.maximum(r, 0)])
+            cand = model.index.factors[np.maximum(r, 0)]
+            dots = np.matmul(cand, vectors[part].astype(np.float32)[..., None])[..., 0]
             exact[part] = np.where(r >= 0, dots, -np.inf)
         order = np.lexsort((keys, -exact), axis=1)
         rank = np.empty_like(order)
