@@ -13,9 +13,26 @@ from index_manager.keys import song_keys
 
 IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 
-# Below this many songs an exact inner-product scan is both fastest to build and exact; above it
-# HNSW keeps single-thread search fast (see benchmarks/README.md, `musicrec bench index`).
-FLAT_MAX_SONGS = 200_000
+# Exact search costs O(songs) per query (one thread scores ~1e8 64-d songs/s), so past ~20k songs
+# a Flat index drops below the 5k single-thread QPS target, while HNSW keeps recall@10 >= 0.95 far
+# above it (figures and method: benchmarks/README.md, `musicrec bench index`).
+FLAT_MAX_SONGS = 20_000
+
+# HNSW: built once per model version (retrain), searched by every worker. On ALS-like factors at
+# 1M songs, M=16 with efConstruction=64 reached recall@10 0.95 at 1.6-2x the single-thread QPS
+# of M=32 (fewer links to score per hop) and built in ~2/3 of the time; M=24/efConstruction=48
+# was in between. efSearch grows with the catalog because recall at a fixed efSearch falls as the
+# graph grows.
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+HNSW_EF_SEARCH_SMALL = 48  # up to HNSW_LARGE songs
+HNSW_EF_SEARCH_LARGE = 80
+HNSW_LARGE = 300_000
+
+# IVF (only when asked for: on dot-product ALS factors, whose top results are long vectors spread
+# over many cells, it needs to probe a large share of the cells for recall 0.95).
+IVF_TRAIN_PER_LIST = 40  # k-means sample per list; FAISS wants >= 39, more only slows training
+IVF_NITER = 10
 
 
 def choose_kind(n_songs: int) -> Literal["flat", "hnsw", "ivf"]:
@@ -23,20 +40,35 @@ def choose_kind(n_songs: int) -> Literal["flat", "hnsw", "ivf"]:
 
 
 def _make_faiss(kind: str, dim: int, train: np.ndarray) -> faiss.Index:
+    """An empty index of ``kind`` taking song keys as ids, sized for ``len(train)`` songs (IVF trains on them).
+
+    Flat and HNSW sit in an IndexIDMap2; IVF holds the ids itself (see below).
+    """
+    n = len(train)
     if kind == "flat":
         inner: faiss.Index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = 80
-        inner.hnsw.efSearch = 96
+        inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        inner.hnsw.efSearch = HNSW_EF_SEARCH_SMALL if n <= HNSW_LARGE else HNSW_EF_SEARCH_LARGE
     elif kind == "ivf":
-        nlist = max(1, min(len(train), int(4 * math.sqrt(max(len(train), 1)))))
+        if n == 0:
+            raise IndexFailure("an IVF index needs training vectors")
+        nlist = max(1, min(n, int(4 * math.sqrt(n))))
         quantizer = faiss.IndexFlatIP(dim)
         inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        if len(train) == 0:
-            raise IndexFailure("an IVF index needs training vectors")
-        inner.train(train)
+        inner.cp.niter = IVF_NITER
+        sample = min(n, IVF_TRAIN_PER_LIST * nlist)
+        # k-means over all of a 1M catalog takes minutes; a seeded sample keeps builds reproducible
+        rows = np.sort(np.random.default_rng(0).choice(n, size=sample, replace=False)) if sample < n else slice(None)
+        inner.train(np.ascontiguousarray(train[rows], dtype=np.float32))
         inner.nprobe = max(1, nlist // 16)
+        # IVF stores 64-bit ids itself, so it is not wrapped: IndexIDMap2 renumbers its id table on
+        # remove_ids but IVF keeps the old positions in its lists, so after one replaced song every
+        # later result maps to the wrong key (and FAISS aborts on the next removal). The hash table
+        # also makes removing a song O(1) instead of a scan of every list.
+        inner.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # SWIG enum
+        return inner
     else:
         raise ValueError(f"unknown index kind {kind!r}: expected auto, flat, hnsw or ivf")
     return faiss.IndexIDMap2(inner)

@@ -149,3 +149,22 @@ def test_holder_swaps_forward_only_and_readers_see_whole_pairs() -> None:
     stop.set()
     t.join()
     assert all(model[0] == version for model, version in seen)
+
+
+def test_ivf_results_stay_right_after_songs_are_replaced() -> None:
+    # IndexIDMap2 over IVF mapped every later result to the wrong song once one song was replaced
+    names = np.array([f"s{i}" for i in range(3000)], dtype=object)
+    x = vectors(3000)
+    index = SongIndex(names, x.copy(), kind="ivf")
+    index.faiss_index.nprobe = index.faiss_index.nlist  # exhaustive: results must equal brute force
+    for j in range(5):
+        index.add(names[j:j + 1], 1.5 * x[j:j + 1])
+    q = vectors(40, seed=9)
+    keys, _ = index.search(q, 1)
+    assert list(index.names_of(keys[:, 0])) == list(names[np.argmax(q @ index.factors.T, axis=1)])
+    again = SongIndex.from_parts(index.names, index.factors, index.to_bytes())
+    assert again.kind == "ivf"
+    again.add(names[7:8], x[7:8])
+    again.faiss_index.nprobe = again.faiss_index.nlist
+    keys, _ = again.search(q, 1)
+    assert list(again.names_of(keys[:, 0])) == list(names[np.argmax(q @ again.factors.T, axis=1)])

@@ -16,7 +16,10 @@ from typing import Any
 from rich.console import Console
 
 # name -> module path; each module defines run(console, quick) -> dict
-BENCHMARKS: dict[str, str] = {}
+BENCHMARKS: dict[str, str] = {
+    "index": "stream.benchmarks.index",
+    "serve": "stream.benchmarks.serve",
+}
 
 
 def machine() -> dict[str, Any]:
