@@ -213,25 +213,31 @@ def recs(user_id: Annotated[str, typer.Argument(help="user id")],
 
 
 @app.command()
-def status() -> None:
+def status(check: Annotated[bool, typer.Option(help="health check: exit 1 unless this host's worker "
+                                                     "published stats in the last 30 s")] = False) -> None:
     """Workers' counters and the published model version."""
+    import socket
+
     from stream.redis_store import RedisKeys, as_text, connect
 
     cfg = _settings().stream
     client = connect(cfg.redis_url)
     keys = RedisKeys(cfg.redis_namespace)
+    workers = [json.loads(raw) for key in sorted(client.scan_iter(keys.stats_pattern()))
+               if (raw := client.get(key)) is not None]
+    if check:
+        mine = [w for w in workers if w["worker"].startswith(socket.gethostname() + "-")
+                and time.time() - w["updated_at"] < 30]
+        raise typer.Exit(0 if mine else 1)
     pointer = client.get(keys.model_pointer())
     console.print(f"published model: {as_text(pointer) if pointer else 'none'}")
     table = Table(title="workers")
-    for col in ("worker", "version", "events", "refused (DLQ)", "users", "last batch ms", "age s"):
+    for col in ("worker", "version", "events", "refused (DLQ)", "users", "last batch ms", "catalog lag ms", "age s"):
         table.add_column(col)
-    for key in sorted(client.scan_iter(keys.stats_pattern())):
-        raw = client.get(key)
-        if raw is None:
-            continue
-        s = json.loads(raw)
+    for s in workers:
         table.add_row(s["worker"], str(s["version"]), str(s["events"]), str(s["refused"]), str(s["users"]),
-                      f"{s['last_batch_ms']:.1f}", f"{time.time() - s['updated_at']:.0f}")
+                      f"{s['last_batch_ms']:.1f}", f"{s.get('catalog_lag_ms', 0.0):.0f}",
+                      f"{time.time() - s['updated_at']:.0f}")
     console.print(table)
 
 
