@@ -1,0 +1,215 @@
+// musicrec live dashboard: polls the read API once a second; no framework, no build step.
+// Every value from the API goes into the page as text (textContent), never as HTML.
+"use strict";
+
+const POLL_MS = 1000;
+const EVENTS_REFRESH_MS = 10000; // the event log is re-read when the user's list changes, else this often
+const RATE_HISTORY = 180;        // sparkline points (3 minutes at one poll a second)
+
+const $ = (id) => document.getElementById(id);
+const rateHistory = [];
+const userState = { id: null, valueKey: null, eventsAt: 0 };
+let plotShown = false;
+
+async function getJSON(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  let body = {};
+  try { body = await response.json(); } catch (_) { /* a non-JSON error page: fall back to the status */ }
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function text(id, value) { $(id).textContent = value; }
+function seconds(v) { return v === null || v === undefined ? "–" : v < 1 ? `${(v * 1000).toFixed(0)} ms` : `${v.toFixed(2)} s`; }
+function number(v) { return v === null || v === undefined ? "–" : Number(v).toLocaleString("en-US"); }
+function utc(ts) { return ts ? new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19) : "–"; }
+function ago(ts) { const s = Date.now() / 1000 - ts; return s < 90 ? `${Math.max(0, s).toFixed(0)} s ago` : `${(s / 60).toFixed(0)} min ago`; }
+
+function setStatus(kind, label) {
+  const el = $("status");
+  el.className = `pill ${kind}`;
+  el.textContent = label;
+}
+
+function drawSpark() {
+  const canvas = $("rate-spark");
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (rateHistory.length < 2) return;
+  const max = Math.max(1, ...rateHistory);
+  ctx.strokeStyle = "#3a5bd9";
+  ctx.lineWidth = 1.5;
+  ctx.beginPath();
+  const step = canvas.width / (RATE_HISTORY - 1);
+  const offset = canvas.width - (rateHistory.length - 1) * step; // newest point on the right edge
+  rateHistory.forEach((v, i) => {
+    const x = offset + i * step;
+    const y = canvas.height - 2 - (v / max) * (canvas.height - 4);
+    if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+  });
+  ctx.stroke();
+}
+
+function renderGate(metrics) {
+  const body = $("gate-metrics").querySelector("tbody");
+  body.replaceChildren();
+  const gate = metrics && metrics.gate;
+  if (!gate || typeof gate !== "object") {
+    text("gate-reason", metrics && metrics.error ? metrics.error : "no gate metrics recorded for this version");
+    return;
+  }
+  text("gate-reason", `retrain gate: ${gate.publish ? "publish" : "hold back"} (${gate.reason || "no reason given"})`);
+  const candidate = gate.candidate || {};
+  const served = gate.served || {};
+  for (const name of Object.keys(candidate)) {
+    const row = document.createElement("tr");
+    for (const cell of [name, candidate[name], served[name]]) {
+      const td = document.createElement("td");
+      td.textContent = typeof cell === "number" ? (Number.isInteger(cell) ? String(cell) : cell.toFixed(4)) : (cell ?? "–");
+      row.appendChild(td);
+    }
+    body.appendChild(row);
+  }
+}
+
+function renderOverview(o) {
+  const live = o.workers.filter((w) => !w.stale);
+  if (!o.redis.ok) setStatus("bad", "Redis unreachable");
+  else if (live.length === 0) setStatus("warn", "no live worker");
+  else if (o.model.published && o.model.served !== o.model.published) setStatus("warn", "index loading");
+  else setStatus("ok", "live");
+
+  text("events-per-s", o.events_per_s.toFixed(o.events_per_s < 10 ? 1 : 0));
+  rateHistory.push(o.events_per_s);
+  if (rateHistory.length > RATE_HISTORY) rateHistory.shift();
+  drawSpark();
+  text("freshness-p50", seconds(o.freshness.p50_s));
+  text("freshness-p99", seconds(o.freshness.p99_s));
+  text("freshness-n", `event → Redis, ${number(o.freshness.samples)} sampled writes in the last ${o.freshness.window_s / 60} min`);
+  text("dlq", number(o.dlq));
+  text("lag", o.lag.available ? number(o.lag.total) : "n/a");
+  text("lag-note", o.lag.available ? `${Object.keys(o.lag.partitions).length} partitions` : (o.lag.error || ""));
+  text("workers", `${live.length}`);
+  text("workers-note", o.workers.map((w) => `${w.worker}: ${number(w.events)} events, ${w.age_s.toFixed(0)} s ago`).join(" · "));
+  text("model-version", o.model.published || "none");
+  text("model-served", o.model.served || "not loaded");
+  text("model-kind", o.model.kind ? `${o.model.kind}, trained ${utc(o.model.created_at)} UTC` : "");
+  text("index-songs", number(o.model.index_songs));
+  text("updated", `updated ${new Date().toLocaleTimeString()}`);
+  renderGate(o.model.metrics);
+
+  if (o.report.prequential_png && !plotShown) {
+    plotShown = true;
+    const img = $("plot");
+    img.onload = () => { img.hidden = false; $("plot-placeholder").hidden = true; };
+    img.onerror = () => { plotShown = false; }; // e.g. replaced while being read: try on a later poll
+    img.src = `/reports/prequential.png?t=${Date.now()}`;
+  }
+}
+
+function renderRecs(r) {
+  $("user-view").hidden = false;
+  text("recs-user", r.user_id);
+  text("recs-version", r.model_version);
+  const updated = $("recs-updated");
+  updated.dataset.ts = String(r.updated_at);
+  updated.textContent = `${utc(r.updated_at)} UTC (${ago(r.updated_at)})`;
+  const last = r.last_event;
+  text("recs-last-event", last && last.event_id ? last.event_id : "–");
+  text("recs-freshness", last && last.produced_at ? `freshness ${seconds(r.updated_at - last.produced_at)}` : "");
+  $("recs-fallback").hidden = !r.fallback;
+  $("recs-arm").hidden = r.arm === null || r.arm === undefined;
+  text("recs-arm", r.arm ? `arm ${r.arm}` : "");
+
+  const list = $("recs-list");
+  const key = `${r.updated_at}|${r.model_version}|${r.items.map((i) => i.song_id).join(",")}`;
+  if (list.dataset.key === key) return;
+  const changed = list.dataset.key !== undefined;
+  list.dataset.key = key;
+  list.replaceChildren(...r.items.map((item) => {
+    const li = document.createElement("li");
+    li.setAttribute("data-testid", "rec");
+    li.dataset.song = item.song_id;
+    const name = document.createElement("b");
+    name.textContent = item.song_id;
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = item.score === null ? "" : item.score.toFixed(3);
+    li.append(name, score);
+    if (item.because) {
+      const why = document.createElement("span");
+      why.className = "because";
+      why.textContent = item.because;
+      li.appendChild(why);
+    }
+    if (changed) li.classList.add("flash");
+    return li;
+  }));
+}
+
+function renderEvents(e) {
+  const body = $("events-table").querySelector("tbody");
+  body.replaceChildren(...e.events.map((ev) => {
+    const row = document.createElement("tr");
+    row.setAttribute("data-testid", "event");
+    for (const cell of [utc(ev.ts), ev.event, ev.song_id, ev.ms_played === null ? "–" : `${(ev.ms_played / 1000).toFixed(0)} s`]) {
+      const td = document.createElement("td");
+      td.textContent = cell;
+      row.appendChild(td);
+    }
+    return row;
+  }));
+}
+
+async function pollOverview() {
+  try {
+    renderOverview(await getJSON("/overview"));
+  } catch (err) {
+    setStatus("bad", `API unreachable: ${err.message}`);
+  } finally {
+    setTimeout(pollOverview, POLL_MS);
+  }
+}
+
+async function pollUser() {
+  const id = userState.id;
+  if (id !== null) {
+    const path = encodeURIComponent(id);
+    try {
+      const recs = await getJSON(`/recs/${path}?k=10`);
+      if (userState.id !== id) return; // the lookup changed while this request was in flight
+      renderRecs(recs);
+      text("user-error", "");
+      // a new event for the user rewrites its list, so the log is re-read when the list changes
+      const valueKey = `${recs.updated_at}|${recs.last_event ? recs.last_event.event_id : ""}`;
+      if (valueKey !== userState.valueKey || Date.now() - userState.eventsAt > EVENTS_REFRESH_MS) {
+        const events = await getJSON(`/users/${path}/events?n=10`);
+        if (userState.id !== id) return;
+        renderEvents(events);
+        userState.valueKey = valueKey;
+        userState.eventsAt = Date.now();
+      }
+    } catch (err) {
+      text("user-error", err.message);
+    }
+  }
+}
+
+async function userLoop() {
+  await pollUser();
+  setTimeout(userLoop, POLL_MS);
+}
+
+$("lookup").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const id = $("user-input").value.trim();
+  if (!id) return;
+  Object.assign(userState, { id, valueKey: null, eventsAt: 0 });
+  delete $("recs-list").dataset.key;
+  $("recs-list").replaceChildren();
+  $("events-table").querySelector("tbody").replaceChildren();
+  pollUser();
+});
+
+pollOverview();
+userLoop();
