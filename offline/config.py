@@ -14,6 +14,7 @@ class TrainConfig:
     gate_tolerance: float = setting(0.005, "MUSICREC_GATE_TOLERANCE", "A candidate is published unless its HR@10 is below the served version's by more than this (absolute).")  # type: ignore[assignment]
     gate_users: int = setting(5000, "MUSICREC_GATE_USERS", "Held-out users the gate evaluates (a seeded sample when there are more).")  # type: ignore[assignment]
     window_days: float = setting(0.0, "MUSICREC_TRAIN_WINDOW_DAYS", "Train on the last N days of the log only; 0 = all of it.")  # type: ignore[assignment]
+    threads: int = setting(0, "MUSICREC_TRAIN_THREADS", "Threads of the ALS factorisation in a retrain; 0 = all cores (the worker processes keep one).")  # type: ignore[assignment]
     every: str = setting("", "MUSICREC_RETRAIN_EVERY", "Scheduler period for `musicrec retrain --every` (e.g. 30m, 1h, 1d); empty = run once.")  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -21,6 +22,8 @@ class TrainConfig:
             raise ValueError(f"MUSICREC_MODEL must be als or ncf, got {self.model!r}")
         if self.backend not in ("torch", "mlx"):
             raise ValueError(f"MUSICREC_NCF_BACKEND must be torch or mlx, got {self.backend!r}")
+        if self.threads < 0:
+            raise ValueError("MUSICREC_TRAIN_THREADS must be >= 0")
         if self.gate_tolerance < 0 or self.gate_users <= 0 or self.window_days < 0:
             raise ValueError("gate_tolerance and window_days must be >= 0, gate_users > 0")
         if self.every:

@@ -6,6 +6,7 @@ published is the gate's decision, recorded in its manifest's ``metrics.gate``.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,8 @@ def retrain(log: EventLog, artifacts_dir: str | Path, config: OnlineConfig, trai
         # fold-in of online users needs the same weighting the ALS path uses
         artifact.params.update(alpha=config.alpha, regularization=config.regularization)
     else:
-        artifact = train_als(history, config, show_progress=show_progress, trained_on=trained_on)
+        artifact = train_als(history, config, show_progress=show_progress, trained_on=trained_on,
+                             num_threads=train.threads or os.cpu_count() or 1)
     if catalog is not None:
         rows = catalog.read()
         attach_projection(artifact, rows.song_ids, rows.features, rows.genres, config.new_song_norm_quantile)

@@ -10,12 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 
 from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
 from online_models.foldin import confidences
 from online_models.history import HistoryStore
+
+
+def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, code of each value): ``np.unique(..., return_inverse=True)`` for
+    strings, but hashed in Arrow's C++ instead of sorting every Python string (~10x faster at 1M)."""
+    encoded = pa.array(np.asarray(values, dtype=object), type=pa.string()).dictionary_encode()
+    distinct = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    order = np.argsort(distinct.astype(str), kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return distinct[order], rank[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
 @dataclass(frozen=True)
@@ -64,9 +76,9 @@ class Interactions:
                ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
         """CSR users x songs of signed confidences in implicit's convention: +c for p=1 and -c for p=0
         (implicit then treats a negative value as confidence |c| of a zero preference)."""
-        users, u_idx = np.unique(self.user_ids, return_inverse=True)
+        users, u_idx = factorize(self.user_ids)
         if song_names is None:
-            songs, s_idx = np.unique(self.song_ids, return_inverse=True)
+            songs, s_idx = factorize(self.song_ids)
         else:
             songs = np.asarray(song_names, dtype=object)
             lookup = {s: i for i, s in enumerate(songs)}

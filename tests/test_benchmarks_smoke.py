@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ def positive(figures: dict[str, Any], *keys: str) -> None:
 
 
 def test_benchmarks_are_registered() -> None:
-    assert {"index", "serve"} <= set(BENCHMARKS)
+    assert {"index", "serve", "train"} <= set(BENCHMARKS)
 
 
 def test_index_quick() -> None:
@@ -67,3 +68,52 @@ def test_serve_quick(services: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: A
     from stream.redis_store import connect
 
     assert not any(k.startswith(b"bench-") for k in connect(services.redis_url).scan_iter(count=1000))
+
+
+def test_train_quick(data_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from stream.benchmarks import train
+
+    monkeypatch.setenv("MUSICREC_SHARED_DATA", str(data_root))
+    out = tmp_path / "train.json"
+    figures = run_benchmark("train", out, quiet(), quick=True)
+    positive(figures, "als_1m_s", "implicit_als_1m_s", "ratio", "als_aggregate_s", "als_matrix_s", "retrain_1m_s",
+             "from_events_s", "aggregate_events_per_s", "from_events_events_per_s",
+             "ncf_torch_epoch_s", "ncf_mlx_epoch_s", "ncf_mlx_vs_torch", "total_s", "peak_rss_mb")
+    assert figures["events"] == train.QUICK["events"] and figures["lastfm_dir"].startswith(str(data_root))
+    # the numpy aggregation timed at 1M gives exactly the table Interactions.from_events gives
+    assert figures["aggregate_matches_from_events"] is True
+    # both NeuMF backends trained from the same weights on the same samples: the same loss
+    assert figures["ncf"]["torch"]["loss"] == pytest.approx(figures["ncf"]["mlx"]["loss"], rel=1e-3)
+    loo = figures["loo"]
+    assert list(loo["models"]) == train.LOO_MODELS and loo["users"] > 0
+    for m in loo["models"].values():
+        assert 0 <= m["ndcg@10"] <= m["hr@10"] <= 1 and 0 <= m["recall@10"] <= 1
+    assert out.exists()
+
+
+def test_train_names_missing_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from index_manager.errors import ConfigError
+    from stream.benchmarks import train
+
+    monkeypatch.setenv("MUSICREC_SHARED_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(train, "REPO", tmp_path / "repo")
+    with pytest.raises(ConfigError, match="MUSICREC_SHARED_DATA"):
+        train.run(quiet(), quick=True)
+
+
+def test_scale_quick(services) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from rich.console import Console
+
+    from stream.benchmarks import scale
+
+    os.environ["REDIS_URL"] = services.redis_url
+    try:
+        f = scale.run(Console(quiet=True), quick=True)
+    finally:
+        del os.environ["REDIS_URL"]
+    for name in ("ivfpq", "ivfpq_refine", "hnsw_reference"):
+        assert 0 < f[name]["recall_at_10"] <= 1 and f[name]["qps_1thread"] > 0
+    assert f["ivfpq"]["bytes_per_song"] < f["hnsw_reference"]["bytes_per_song"]
+    assert f["redis_bytes_per_user"] >= f["value_json_bytes"] > 0

@@ -19,6 +19,8 @@ from rich.console import Console
 BENCHMARKS: dict[str, str] = {
     "index": "stream.benchmarks.index",
     "serve": "stream.benchmarks.serve",
+    "scale": "stream.benchmarks.scale",
+    "train": "stream.benchmarks.train",
 }
 
 
