@@ -7,6 +7,7 @@ naming its line, or with ``skip_bad`` is skipped and counted.
 
 from __future__ import annotations
 
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -18,7 +19,11 @@ from online_models.batch import EventBatch
 
 REQUIRED = ("user_id", "song_id", "ts")
 OPTIONAL = ("event", "ms_played", "event_id")
+# the wire contract's limits (stream.events): a row the worker would refuse must not get into the log
+# by import, nor fail a replay half-way without naming its line
 MAX_ID_CHARS = 256
+MAX_FUTURE_S = 86400.0
+MAX_MS_PLAYED = 24 * 3600 * 1000
 
 
 def _source(path: Path) -> tuple[str, int]:
@@ -32,9 +37,11 @@ def _source(path: Path) -> tuple[str, int]:
     raise BadInputFile(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
 
 
-def read_event_file(path: str | Path, skip_bad: bool = False, limit: int | None = None
-                    ) -> tuple[EventBatch, int]:
-    """Read and validate an event file; returns (events in file order, bad rows skipped)."""
+def read_event_file(path: str | Path, skip_bad: bool = False, limit: int | None = None,
+                    now: float | None = None) -> tuple[EventBatch, int]:
+    """Read and validate an event file; returns (events in file order, bad rows skipped).
+    A file without any valid event is an error (``BadInputFile``)."""
+    now = time.time() if now is None else now
     path = Path(path)
     if not path.is_file():
         raise BadInputFile(f"{path}: no such file")
@@ -77,9 +84,14 @@ def read_event_file(path: str | Path, skip_bad: bool = False, limit: int | None 
              f"{name} is too long or has control characters")
     flag(np.isnan(ts), "ts is not a number or date")
     flag(~np.isnan(ts) & ((ts < 0) | ~np.isfinite(ts)), "ts is negative or infinite")
+    flag(np.isfinite(ts) & (ts > now + MAX_FUTURE_S), "ts is more than a day in the future")
     flag(~np.isin(events, ["play", "skip"]), "event must be play or skip")
     ms_given = np.array([v is not None and str(v).strip() != "" for v in col("ms_raw")], bool)
     flag(ms_given & (np.isnan(ms) | (ms < 0)), "ms_played must be a non-negative integer")
+    flag(ms_given & (ms > MAX_MS_PLAYED), f"ms_played is more than {MAX_MS_PLAYED} (24 hours)")
+    if ids is not None:
+        flag(np.array([v is not None and (len(v) > MAX_ID_CHARS or not v.isprintable()) for v in ids], bool),
+             "event_id is too long or has control characters")
     bad = reason != ""
     if bad.any() and not skip_bad:
         i = int(np.flatnonzero(bad)[0])
@@ -91,6 +103,8 @@ def read_event_file(path: str | Path, skip_bad: bool = False, limit: int | None 
     else:
         ids = np.array([v if v else f"{path.name}:{i + first_line}" for i, v in enumerate(ids)], dtype=object)
     ms = np.where(ms_given, ms, np.nan)
+    if not keep.any():
+        raise BadInputFile(f"{path}: no valid events" + (f" ({int(bad.sum())} bad rows skipped)" if bad.any() else ""))
     batch = EventBatch.from_columns(users[keep], songs[keep], events[keep], ts[keep], ms[keep], ids[keep])
     return batch, int(bad.sum())
 

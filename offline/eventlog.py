@@ -117,6 +117,18 @@ class EventLog:
                                 f"{_window(since, until)} ORDER BY ts, ingested_at, event_id").to_arrow_table()
         return arrow_to_batch(table)
 
+    def recent_event_ids(self, limit: int) -> list[str]:
+        """The event_ids of the ``limit`` most recently *ingested* events, oldest first. A worker
+        restarting after a crash reads them: Kafka redelivers what was not committed, and those are
+        the events appended last (whatever their ``ts``)."""
+        if limit <= 0:
+            return []
+        with closing(self.connect()) as con:
+            rows = con.execute("SELECT event_id FROM (SELECT event_id, ingested_at FROM raw_events "
+                               "WHERE event_id IS NOT NULL ORDER BY ingested_at DESC LIMIT ?) "
+                               "ORDER BY ingested_at", [int(limit)]).fetchall()
+        return [r[0] for r in rows]
+
     HOLDOUT_SQL = """
         SELECT user_id, song_id FROM (
             SELECT user_id, song_id, first_ts,

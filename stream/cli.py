@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from index_manager.errors import MusicrecError
+from index_manager.errors import BadInputFile, MusicrecError
 from stream.settings import Settings, declared, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -260,9 +260,16 @@ def evaluate(file: Annotated[Path, typer.Argument(help="generic event file (.csv
         raise typer.BadParameter("--train-fraction must be in (0, 1)")
     if not 0 < k <= 500:
         raise typer.BadParameter("--k must be in 1..500")
+    if protocol not in ("loo", "prequential"):
+        raise typer.BadParameter(f"--protocol must be loo or prequential, got {protocol!r}")
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    result = evaluate_file(file, protocol, names, k, train_fraction, console, plot=plot, skip_bad=skip_bad,
+    try:
+        result = evaluate_file(file, protocol, names, k, train_fraction, console, plot=plot, skip_bad=skip_bad,
                            tune=tune, config=_settings().model)
+    except MusicrecError:
+        raise
+    except ValueError as exc:  # the data cannot support the protocol (too few users, songs, events)
+        raise BadInputFile(f"{file}: {exc}") from exc
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
@@ -305,7 +312,14 @@ def show_config(markdown: Annotated[bool, typer.Option(help="print the README's 
         table.add_column(col, overflow="fold")
     for section, name, env, default, _typ, doc in declared():
         current = getattr(getattr(settings, section), name)
-        shown = "***" if "PASSWORD" in env and current else str(current)
+        if "PASSWORD" in env and current:
+            shown = "***"
+        elif env == "REDIS_URL":
+            from stream.redis_store import _redacted
+
+            shown = _redacted(str(current))
+        else:
+            shown = str(current)
         table.add_row(env, str(default), shown, doc)
     console.print(table)
 

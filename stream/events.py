@@ -29,7 +29,8 @@ MAX_ID_CHARS = 256
 MAX_FUTURE_S = 86400.0
 MAX_MS_PLAYED = 24 * 3600 * 1000
 MAX_FEATURES = 256
-_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+# Unicode's control characters (category Cc): C0, DEL and C1 (U+0080..U+009F, e.g. NEL and CSI)
+_CONTROL = {chr(c) for c in range(32)} | {"\x7f"} | {chr(c) for c in range(0x80, 0xA0)}
 
 
 def _reject_constant(name: str) -> Any:
@@ -45,14 +46,35 @@ def check_id(value: Any, name: str) -> str:
         raise InvalidEvent(f"{name} is longer than {MAX_ID_CHARS} characters")
     if not _CONTROL.isdisjoint(value):
         raise InvalidEvent(f"{name} contains control characters")
+    _check_unicode(value, name)
     return value
+
+
+def _check_unicode(value: str, name: str) -> None:
+    # valid JSON may escape a lone UTF-16 surrogate ("\ud800"): not a character, and neither the
+    # Parquet log nor a Redis key can store it (it used to crash the worker's batch)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(f"{name} contains a lone surrogate (\\u{ord(value[exc.start]):04x})") from exc
+
+
+def _finite(value: Any) -> float | None:
+    """The value as a finite float, or None (bools, non-numbers, NaN, infinities, huge integers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:  # an integer literal beyond float range
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _check_ts(value: Any, now: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidEvent(f"ts must be a number (unix seconds), got {type(value).__name__}")
-    ts = float(value)
-    if not math.isfinite(ts):
+    ts = _finite(value)
+    if ts is None:
         raise InvalidEvent("ts is not finite")
     if ts < 0:
         raise InvalidEvent("ts is negative")
@@ -74,6 +96,8 @@ def _decode_object(raw: bytes) -> dict[str, Any]:
         raise InvalidEvent(f"message is not JSON ({exc.msg} at char {exc.pos})") from exc
     except RecursionError as exc:
         raise InvalidEvent("message nests too deeply") from exc
+    except ValueError as exc:  # e.g. an integer literal longer than Python's 4300-digit limit
+        raise InvalidEvent(f"message is not JSON ({str(exc)[:80]})") from exc
     if not isinstance(obj, dict):
         raise InvalidEvent(f"message must be a JSON object, got {type(obj).__name__}")
     return obj
@@ -95,14 +119,15 @@ def validate_event(obj: dict[str, Any], key: bytes | None = None, now: float | N
     user = check_id(obj.get("user_id"), "user_id")
     song = check_id(obj.get("song_id"), "song_id")
     event = obj.get("event", "play")
-    if event not in KIND_OF:
+    if not isinstance(event, str) or event not in KIND_OF:
         raise InvalidEvent(f"event must be 'play' or 'skip', got {str(event)[:40]!r}")
     if "ts" not in obj:
         raise InvalidEvent("ts is missing")
     ts = _check_ts(obj["ts"], now)
     ms = obj.get("ms_played")
     if ms is not None:
-        if isinstance(ms, bool) or not isinstance(ms, int | float) or not math.isfinite(ms):
+        ms = _finite(ms)
+        if ms is None:
             raise InvalidEvent("ms_played must be an integer or null")
         if ms < 0 or ms > MAX_MS_PLAYED:
             raise InvalidEvent(f"ms_played must be within 0..{MAX_MS_PLAYED}")
@@ -201,9 +226,13 @@ def parse_song(raw: bytes, key: bytes | None = None, now: float | None = None) -
         raise InvalidEvent("title and artist must be strings")
     if len(title) > 4 * MAX_ID_CHARS or len(artist) > 4 * MAX_ID_CHARS:
         raise InvalidEvent("title or artist is too long")
+    _check_unicode(title, "title")
+    _check_unicode(artist, "artist")
     genre = obj.get("genre")
     if genre is not None and not isinstance(genre, str):
         raise InvalidEvent("genre must be a string or absent")
+    if genre is not None:
+        _check_unicode(genre, "genre")
     feats = obj.get("features") or {}
     if not isinstance(feats, dict):
         raise InvalidEvent("features must be an object of name -> number")
@@ -211,9 +240,11 @@ def parse_song(raw: bytes, key: bytes | None = None, now: float | None = None) -
         raise InvalidEvent(f"more than {MAX_FEATURES} features")
     clean: dict[str, float] = {}
     for name, value in feats.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        number = _finite(value)
+        if number is None:
             raise InvalidEvent(f"feature {str(name)[:40]!r} must be a finite number")
-        clean[str(name)] = float(value)
+        _check_unicode(name, "a feature name")
+        clean[str(name)] = number
     ts = _check_ts(obj.get("ts", now), now)
     if key is not None and key != song.encode("utf-8"):
         raise InvalidEvent("message key must equal song_id")

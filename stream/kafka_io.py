@@ -8,8 +8,9 @@ against Tansu); group consumption is Faust's job (``stream.worker``). Library ex
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,58 @@ from online_models.batch import EventBatch
 from stream.events import Song, encode_batch, encode_song
 from stream.settings import StreamConfig
 
+# Connecting at start-up: kafka-python waits up to 30 s per bootstrap by default, so six attempts
+# took minutes before a worker pointed at a dead broker said so. Candidates for settings.
+CONNECT_ATTEMPTS = 4
+CONNECT_FIRST_DELAY_S = 0.5
+CONNECT_TIMEOUT_S = 3.0
+
+
+class _RedactSecrets(logging.Filter):
+    """kafka-python logs its whole configuration at DEBUG (``KafkaAdminClient``), SASL password
+    included. This filter masks secret-named entries and any registered secret value."""
+
+    KEYS = ("sasl_plain_password", "ssl_password", "sasl_oauth_token_provider")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, Mapping) and any(k in value for k in self.KEYS):
+            return {k: ("***" if k in self.KEYS and v else v) for k, v in value.items()}
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, Mapping):
+            record.args = self._clean(record.args)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(self._clean(a) for a in record.args)
+        if self.secrets:
+            try:
+                text = record.getMessage()
+            except (TypeError, ValueError):  # a malformed record: logging reports it itself
+                return True
+            if any(secret in text for secret in self.secrets):
+                for secret in self.secrets:
+                    text = text.replace(secret, "***")
+                record.msg, record.args = text, ()
+        return True
+
+
+_REDACT = _RedactSecrets()
+# a logger's filters do not apply to its children's records: every kafka-python module logger gets it
+# (they all exist once ``kafka`` is imported above)
+for _name, _logger in list(logging.root.manager.loggerDict.items()):
+    if (_name == "kafka" or _name.startswith("kafka.")) and isinstance(_logger, logging.Logger):
+        _logger.addFilter(_REDACT)
+
+
+def _bootstrap_timeout(client: type, seconds: float) -> dict[str, Any]:
+    """Bound one bootstrap attempt (kafka-python >= 3; older versions have no such option)."""
+    return {"bootstrap_timeout_ms": int(seconds * 1000)} if "bootstrap_timeout_ms" in getattr(
+        client, "DEFAULT_CONFIG", {}) else {}
+
 
 def client_config(cfg: StreamConfig) -> dict[str, Any]:
     """Connection settings shared by every kafka-python client (security passes straight through)."""
@@ -33,12 +86,15 @@ def client_config(cfg: StreamConfig) -> dict[str, Any]:
         conf.update(sasl_mechanism=cfg.kafka_sasl_mechanism or "PLAIN",
                     sasl_plain_username=cfg.kafka_sasl_username,
                     sasl_plain_password=cfg.kafka_sasl_password)
+        if cfg.kafka_sasl_password:
+            _REDACT.secrets.add(cfg.kafka_sasl_password)
     if cfg.kafka_ssl_cafile:
         conf["ssl_cafile"] = cfg.kafka_ssl_cafile
     return conf
 
 
-def with_retries(what: str, fn: Any, attempts: int = 6, first_delay: float = 0.5) -> Any:
+def with_retries(what: str, fn: Any, attempts: int = CONNECT_ATTEMPTS, first_delay: float = CONNECT_FIRST_DELAY_S
+                 ) -> Any:
     """Call ``fn`` with exponential backoff while the broker is unreachable."""
     delay = first_delay
     for attempt in range(1, attempts + 1):
@@ -52,13 +108,19 @@ def with_retries(what: str, fn: Any, attempts: int = 6, first_delay: float = 0.5
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def ensure_topics(cfg: StreamConfig) -> None:
-    """Create the events, catalog and dead-letter topics if they do not exist (idempotent)."""
+def ensure_topics(cfg: StreamConfig, attempts: int = CONNECT_ATTEMPTS, first_delay: float = CONNECT_FIRST_DELAY_S,
+                  connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Create the events, catalog and dead-letter topics if they do not exist (idempotent).
+
+    This is the first thing ``musicrec worker`` and ``musicrec replay`` do, so an unreachable broker
+    surfaces here: ``attempts`` tries of at most ``connect_timeout`` s each, with backoff from
+    ``first_delay`` s in between (about 15 s in all with the defaults), then ``ServiceUnavailable``."""
     wanted = [NewTopic(cfg.events_topic, cfg.partitions, 1), NewTopic(cfg.songs_topic, 1, 1),
               NewTopic(cfg.dlq_topic, 1, 1)]
 
     def create() -> None:
-        admin = KafkaAdminClient(**client_config(cfg), request_timeout_ms=10000)
+        admin = KafkaAdminClient(**client_config(cfg), request_timeout_ms=10000,
+                                 **_bootstrap_timeout(KafkaAdminClient, connect_timeout))
         try:
             existing = set(admin.list_topics())
             missing = [t for t in wanted if t.name not in existing]
@@ -68,7 +130,7 @@ def ensure_topics(cfg: StreamConfig) -> None:
         finally:
             admin.close()
 
-    with_retries("creating topics", create)
+    with_retries("creating topics", create, attempts, first_delay)
 
 
 class EventProducer:

@@ -7,6 +7,7 @@ replay runs; this module adds only the edges (log, Redis, dead letters, counters
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from online_models.batch import EventBatch
 from online_models.content import GENRE_PREFIX, feature_matrix, new_song_vectors
 from online_models.online import OnlineALS
 from online_models.serving import ServingModel
-from stream.events import Song, parse_events, parse_song
+from stream.events import MAX_MESSAGE_BYTES, Song, parse_events, parse_song
 from stream.redis_store import RecsWriter, RedisKeys, translate_errors
 from stream.settings import Settings
 
@@ -37,6 +38,10 @@ log = logging.getLogger("musicrec.worker")
 REASON_HEADER = "x-musicrec-reason"
 SOURCE_HEADER = "x-musicrec-source"
 ACTIVE_USERS = 50_000  # users whose lists are refreshed right after a model swap
+# event ids remembered as already folded into the online state. Kafka redelivers what was not
+# committed (a few seconds of events: Faust commits every ~3 s), so this only needs to cover that.
+APPLIED_IDS = 50_000
+TRUNCATED_HEADER = "x-musicrec-truncated"
 
 
 @dataclass
@@ -46,14 +51,26 @@ class DeadLetter:
     reason: str
     source: str
 
+    truncated_from: int | None = None  # original value size when the value had to be cut
+
     def headers(self) -> list[tuple[str, bytes]]:
-        return [(REASON_HEADER, self.reason.encode("utf-8")), (SOURCE_HEADER, self.source.encode("utf-8"))]
+        out = [(REASON_HEADER, self.reason.encode("utf-8")), (SOURCE_HEADER, self.source.encode("utf-8"))]
+        if self.truncated_from is not None:
+            out.append((TRUNCATED_HEADER, str(self.truncated_from).encode()))
+        return out
+
+    def truncated(self, limit: int = MAX_MESSAGE_BYTES) -> DeadLetter:
+        """A copy small enough for any dead-letter topic (when the broker refuses the original)."""
+        value = self.value or b""
+        return DeadLetter(None if self.key is None else self.key[:1024], value[:limit], self.reason, self.source,
+                          len(value))
 
 
 @dataclass
 class Counters:
     events: int = 0
-    refused: int = 0
+    refused: int = 0  # counted once delivered to the dead-letter topic (see ``dead_lettered``)
+    duplicates: int = 0  # valid events already folded in (Kafka redelivery): logged and learnt once
     batches: int = 0
     users_written: int = 0
     last_batch_ms: float = 0.0
@@ -97,7 +114,8 @@ def last_per_user(users: np.ndarray, batch: EventBatch, produced_at: np.ndarray)
 class BatchProcessor:
     """Owns one worker's online model, its log writer and its Redis writer."""
 
-    def __init__(self, settings: Settings, redis_client: Any, worker_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, redis_client: Any, worker_id: str | None = None,
+                 applied_ids: int = APPLIED_IDS) -> None:
         self.settings = settings
         cfg = settings.stream
         self.model = OnlineALS(settings.model)
@@ -113,6 +131,11 @@ class BatchProcessor:
         self.counters = Counters()
         self._active: OrderedDict[str, None] = OrderedDict()
         self._refused: set[str] = set()
+        # ids of the events most recently folded into the model (insertion-ordered, bounded): a
+        # redelivered event must be learnt once, or the user's engagement would count it twice
+        self._applied: dict[str, None] = {}
+        self._applied_max = applied_ids
+        self._unwritten: set[str] = set()  # applied by a batch whose Redis write has not succeeded yet
 
     # -- start-up -----------------------------------------------------------------------------
     def restore(self, chunk: int = 200_000) -> int:
@@ -122,7 +145,31 @@ class BatchProcessor:
             self.model.partial_fit(events.take(slice(start, start + chunk)))
         for u in events.user_ids[-ACTIVE_USERS:]:
             self._touch(u)
+        # what Kafka may redeliver (not yet committed when the last worker stopped) is in the log
+        # and therefore already in the state just rebuilt: remember the log's newest event ids
+        self._remember(self.log.recent_event_ids(self._applied_max))
         return len(events)
+
+    def _remember(self, ids: Any) -> None:
+        applied = self._applied
+        for event_id in ids:
+            applied[event_id] = None
+        excess = len(applied) - self._applied_max
+        if excess > 0:
+            for old in list(itertools.islice(applied, excess)):
+                del applied[old]
+
+    def _first_application(self, ids: np.ndarray) -> np.ndarray:
+        """Mask of events not yet folded into the model: neither remembered as applied nor a
+        repeat of an earlier event of the same batch."""
+        applied = self._applied
+        seen: set[str] = set()
+        mask = np.ones(len(ids), dtype=bool)
+        for i, event_id in enumerate(ids.tolist()):
+            if event_id in applied or event_id in seen:
+                mask[i] = False
+            seen.add(event_id)
+        return mask
 
     # -- model versions -----------------------------------------------------------------------
     def published_version(self) -> str | None:
@@ -183,7 +230,6 @@ class BatchProcessor:
         if pair is not None:
             self.counters.songs_indexed += self._add_content_songs(pair[0], [s.song_id for s in with_content])
         self.counters.songs += len(accepted)
-        self.counters.refused += len(dead)
         if messages:
             self.counters.catalog_lag_ms = (time.time() - max(m.timestamp for m in messages)) * 1000
         return dead
@@ -226,20 +272,36 @@ class BatchProcessor:
         parsed = parse_events(values, keys, ids)
         dead = [DeadLetter(messages[i].key, messages[i].value, reason, ids[i]) for i, reason in parsed.refused]
         batch = parsed.events
+        duplicates = 0
         if len(batch):
-            self.log.append(batch)
+            # An event already folded in -- redelivered by Kafka after a crash or a rebalance, or
+            # this very batch again after a failed Redis write -- is neither appended nor learnt a
+            # second time (the user's engagement would count it twice); its user's list is still
+            # recomputed and written.
+            new = self._first_application(batch.event_ids)
+            duplicates = sum(1 for i in np.flatnonzero(~new) if batch.event_ids[i] not in self._unwritten)
+            fresh = batch if new.all() else batch.take(new)
+            self.log.append(fresh)
             produced = np.array([messages[i].timestamp for i in parsed.positions], dtype=np.float64)
-            touched = self.model.partial_fit(batch)
+            self.model.partial_fit(fresh)
+            self._remember(fresh.event_ids)
+            self._unwritten.update(fresh.event_ids.tolist())
+            touched = np.unique(batch.user_ids)
             recs = self.model.explain(touched, self.model.recommend(touched, self.k))
             self.writer.write(touched, recs, last_per_user(touched, batch, produced), self._popular_list())
+            self._unwritten.clear()
             for u in touched:
                 self._touch(u)
             self.counters.users_written += len(touched)
         self.counters.events += len(batch)
-        self.counters.refused += len(dead)
+        self.counters.duplicates += duplicates
         self.counters.batches += 1
         self.counters.last_batch_ms = (time.perf_counter() - t0) * 1000
         return dead
+
+    def dead_lettered(self, n: int) -> None:
+        """Called by the Faust shell once ``n`` dead letters are acknowledged by the broker."""
+        self.counters.refused += n
 
     def _touch(self, user: str) -> None:
         self._active[user] = None

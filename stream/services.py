@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 from index_manager.errors import ServiceUnavailable
 
@@ -73,7 +74,8 @@ class EmbeddedServices:
     """Start a Tansu broker and a redis-server on loopback ports; stop both on exit."""
 
     def __init__(self, kafka_port: int = 0, redis_port: int = 0, workdir: str | Path | None = None,
-                 kafka: bool = True, redis: bool = True) -> None:
+                 kafka: bool = True, redis: bool = True, redis_password: str | None = None) -> None:
+        self.redis_password = redis_password or None  # redis-server --requirepass; carried in redis_url
         self.kafka_port = kafka_port or (free_port() if kafka else 0)
         self.redis_port = redis_port or (free_port() if redis else 0)
         self._want_kafka, self._want_redis = kafka, redis
@@ -90,7 +92,10 @@ class EmbeddedServices:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.redis_port}/0" if self._want_redis else ""
+        if not self._want_redis:
+            return ""
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}{LOOPBACK}:{self.redis_port}/0"
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 - owned by the child for its lifetime
@@ -108,9 +113,14 @@ class EmbeddedServices:
         wait_for_port(self.kafka_port, self._kafka, "the embedded Kafka broker (tansu)")
 
     def start_redis(self) -> None:
-        self._redis = self._spawn([str(redis_binary()), "--port", str(self.redis_port), "--bind", LOOPBACK,
-                                   "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-                                   "--dir", str(self.workdir)], "redis.log")
+        """Start (or, after ``stop_redis``, restart) redis-server on the same port."""
+        args = [str(redis_binary()), "--port", str(self.redis_port), "--bind", LOOPBACK, "--save", "",
+                "--appendonly", "no", "--protected-mode", "yes", "--dir", str(self.workdir)]
+        if self.redis_password:
+            # redis-server reads "--requirepass X" as a config line; the password is not logged by
+            # redis-server, though it is visible in this host's process list (loopback test use only)
+            args += ["--requirepass", self.redis_password]
+        self._redis = self._spawn(args, "redis.log")
         wait_for_port(self.redis_port, self._redis, "the embedded redis-server")
 
     def start(self) -> EmbeddedServices:

@@ -13,6 +13,8 @@ import ssl
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
+from faust.exceptions import ProducerSendError
 
 from index_manager.errors import ServiceUnavailable
 from stream.pipeline import BatchProcessor, DeadLetter, Message
@@ -21,6 +23,19 @@ from stream.settings import Settings, StreamConfig
 log = logging.getLogger("musicrec.worker")
 
 REDIS_RETRY_MAX_S = 5.0
+# What the worker's producer may send: a refused message goes to the dead-letter topic whole, and
+# it may be as large as the broker let it into the events topic (Kafka's default is ~1 MB, the
+# producer's 1,000,000 bytes). Larger dead letters go out truncated (``DeadLetter.truncated``).
+DLQ_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+def _too_large(exc: BaseException | None) -> bool:
+    """Whether a send failed because the record is too large (for the producer or the broker)."""
+    while exc is not None:
+        if isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError) or "TooLarge" in type(exc).__name__:
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def faust_broker_options(cfg: StreamConfig) -> dict[str, Any]:
@@ -45,16 +60,35 @@ def build_app(settings: Settings, processor: BatchProcessor) -> faust.App:
         broker_session_timeout=cfg.session_timeout, broker_heartbeat_interval=max(cfg.session_timeout / 10, 0.5),
         broker_rebalance_timeout=cfg.session_timeout, consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=max(4096, 2 * cfg.batch_size), producer_linger=0.005,
+        producer_max_request_size=DLQ_MAX_REQUEST_BYTES,
         datadir=str(settings.stream.data_dir) + "/faust",
     )
     events_topic = app.topic(cfg.events_topic, key_type=bytes, value_type=bytes, partitions=cfg.partitions)
     songs_topic = app.topic(cfg.songs_topic, key_type=bytes, value_type=bytes)
     dlq_topic = app.topic(cfg.dlq_topic, key_type=bytes, value_type=bytes)
 
+    async def send_dead(d: DeadLetter) -> Any:
+        try:
+            return await dlq_topic.send(key=d.key, value=d.value or b"", headers=d.headers())
+        except ProducerSendError as exc:
+            if not _too_large(exc):
+                raise
+            # larger than this producer may send: the reason and a 64 KiB head still go out
+            log.warning("dead letter from %s is too large for the DLQ (%s); sending it truncated", d.source, exc)
+            t = d.truncated()
+            return await dlq_topic.send(key=t.key, value=t.value or b"", headers=t.headers())
+
     async def dead_letters(dead: list[DeadLetter]) -> None:
-        futures = [await dlq_topic.send(key=d.key, value=d.value or b"", headers=d.headers()) for d in dead]
-        for fut in futures:
-            await fut  # delivered before the batch is acked: nothing refused is lost
+        futures = [(d, await send_dead(d)) for d in dead]
+        for d, fut in futures:
+            try:
+                await fut  # delivered before the batch is acked: nothing refused is lost
+            except KafkaError as exc:
+                if not _too_large(exc):
+                    raise
+                log.warning("the broker refused dead letter from %s as too large; sending it truncated", d.source)
+                await (await send_dead(d.truncated()))
+        processor.dead_lettered(len(dead))
 
     async def with_redis_retry(what: str, fn: Any, *args: Any) -> Any:
         # Redis down: keep retrying instead of acking; consumption pauses, nothing is committed
