@@ -7,6 +7,7 @@ Python's ``hash`` is salted per process, hence blake2b.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -14,7 +15,9 @@ import numpy as np
 _MASK = (1 << 63) - 1
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def song_key(song_id: str) -> int:
+    # memoised: the same songs recur in every batch, and hashing is most of the per-event key cost
     return int.from_bytes(hashlib.blake2b(song_id.encode("utf-8"), digest_size=8).digest(), "little") & _MASK
 
 

@@ -23,6 +23,10 @@ FLAT_MAX_SONGS = 20_000
 # of M=32 (fewer links to score per hop) and built in ~2/3 of the time; M=24/efConstruction=48
 # was in between. efSearch grows with the catalog because recall at a fixed efSearch falls as the
 # graph grows.
+# Flat searches asking for this many songs or more are answered by one BLAS product + argpartition
+# (~2x faster than IndexFlatIP at k ~ 100 on 11k songs, measured); smaller k stay with FAISS.
+FLAT_NUMPY_MIN_K = 32
+
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH_SMALL = 48  # up to HNSW_LARGE songs
@@ -201,13 +205,27 @@ class SongIndex:
         q = _check_vectors(queries, self.dim, "queries")
         if len(q) == 0:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
-        scores, keys = self._index.search(q, min(k, len(self._keys)))
+        kk = min(k, len(self._keys))
+        if self.kind == "flat" and kk >= FLAT_NUMPY_MIN_K:
+            keys, scores = self._exact_numpy(q, kk)
+        else:
+            scores, keys = self._index.search(q, kk)
         if keys.shape[1] < k:
             pad = k - keys.shape[1]
             keys = np.pad(keys, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         scores = np.where(keys >= 0, scores, -np.inf).astype(np.float32)
         return keys, scores
+
+    def _exact_numpy(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact inner-product top-k: the same answer as FAISS's flat scan, which spends its time in
+        heap updates once k is large (the worker asks for k + what each user already heard)."""
+        scores = q @ self._factors.T
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        rows = np.take_along_axis(part, order, axis=1)
+        return self._keys[rows], np.take_along_axis(top, order, axis=1)
 
     def to_bytes(self) -> bytes:
         return bytes(faiss.serialize_index(self._index))

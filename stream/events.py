@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from index_manager.errors import InvalidEvent
 from online_models.batch import KIND_OF, EventBatch
@@ -87,20 +88,29 @@ def _decode_object(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidEvent(f"message is larger than {MAX_MESSAGE_BYTES} bytes")
     try:
+        # orjson parses the common case ~10x faster than the json module; what it refuses (NaN,
+        # lone surrogates, huge integers, deep nesting, bad bytes) gets the json module's exact verdict
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        obj = _decode_strictly(raw)
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"message must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _decode_strictly(raw: bytes) -> Any:
+    try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidEvent("message is not valid UTF-8") from exc
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise InvalidEvent(f"message is not JSON ({exc.msg} at char {exc.pos})") from exc
     except RecursionError as exc:
         raise InvalidEvent("message nests too deeply") from exc
     except ValueError as exc:  # e.g. an integer literal longer than Python's 4300-digit limit
         raise InvalidEvent(f"message is not JSON ({str(exc)[:80]})") from exc
-    if not isinstance(obj, dict):
-        raise InvalidEvent(f"message must be a JSON object, got {type(obj).__name__}")
-    return obj
 
 
 @dataclass

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+import orjson
 import redis
 from redis.exceptions import RedisError
 
@@ -106,8 +107,9 @@ def encode_value(user_id: str | None, songs: Sequence[str], scores: Sequence[flo
     # math.isfinite on a Python float: np.isfinite per scalar cost more than the JSON encoding itself
     items = [{"song_id": s, "score": round(f, 6) if math.isfinite(f := float(v)) else None, "because": r}
              for s, v, r in zip(songs, scores, reasons, strict=True) if s]
-    return json.dumps({"user_id": user_id, "model_version": version, "updated_at": updated_at,
-                       "last_event": last_event, "items": items}, separators=(",", ":")).encode("utf-8")
+    # orjson writes the same compact layout (keys in this order, no spaces) ~5x faster
+    return orjson.dumps({"user_id": user_id, "model_version": version, "updated_at": updated_at,
+                         "last_event": last_event, "items": items})
 
 
 _ITEMS = b'"items":['
