@@ -131,6 +131,7 @@ class SongIndex:
     def _reindex(self) -> None:
         self._order = np.argsort(self._keys, kind="stable")
         self._sorted = self._keys[self._order]
+        self._unit: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -146,6 +147,14 @@ class SongIndex:
     @property
     def factors(self) -> np.ndarray:
         return self._factors
+
+    @property
+    def unit_factors(self) -> np.ndarray:
+        """Factors scaled to unit length (cosine similarity), computed once per song set."""
+        if self._unit is None:
+            norms = np.linalg.norm(self._factors, axis=1, keepdims=True)
+            self._unit = (self._factors / np.maximum(norms, 1e-12)).astype(np.float32)
+        return self._unit
 
     @property
     def faiss_index(self) -> faiss.Index:
@@ -186,6 +195,7 @@ class SongIndex:
                 raise IndexFailure(f"a {self.kind} index cannot replace song vectors in place; "
                                    "they are replaced at the next retrain") from exc
             self._factors[rows[old]] = vectors[old]
+        self._unit = None
         new = ~old
         if new.any():
             self._keys = np.concatenate([self._keys, keys[new]])

@@ -73,12 +73,14 @@ class EventLog:
             return []
         return sorted(p for p in self.root.glob("*.parquet") if not p.name.startswith("."))
 
-    def append(self, batch: EventBatch) -> Path | None:
-        """Write one segment atomically (the caller is the single writer of its segments)."""
+    def append(self, batch: EventBatch, writer: str = "") -> Path | None:
+        """Write one segment atomically. ``writer`` (a worker's id) marks the segments that writer
+        alone may later merge with :meth:`compact_own`."""
         if len(batch) == 0:
             return None
         self.root.mkdir(parents=True, exist_ok=True)
-        name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tag = f"w{_safe(writer)}" if writer else uuid.uuid4().hex[:8]
+        name = f"seg-{time.time_ns():020d}-{tag}-{uuid.uuid4().hex[:6]}.parquet"
         tmp = self.root / f".{name}.tmp"
         pq.write_table(batch_to_arrow(batch), tmp, compression="zstd")
         os.replace(tmp, self.root / name)
@@ -187,6 +189,25 @@ class EventLog:
                                f"GROUP BY song_id ORDER BY n DESC, song_id LIMIT {int(limit)}").fetchall()
         return np.array([r[0] for r in rows], dtype=object), np.array([r[1] for r in rows], dtype=np.float64)
 
+    def compact_own(self, writer: str, min_segments: int = 256, small_bytes: int = 16 << 20) -> int:
+        """Merge this writer's small segments (one per micro-batch) into one, so the log stays a
+        few files per hour instead of one per batch; returns how many were merged. Readers
+        deduplicate, so a crash between writing the merged file and removing the parts is harmless."""
+        own = [p for p in self.root.glob(f"seg-*-w{_safe(writer)}-*.parquet")
+               if p.stat().st_size < small_bytes] if self.root.is_dir() else []
+        if len(own) < min_segments:
+            return 0
+        own.sort()
+        table = pa.concat_tables([pq.read_table(p).cast(SCHEMA) for p in own])
+        name = f"seg-{own[-1].name[4:24]}-w{_safe(writer)}-merged{len(own)}.parquet"
+        tmp = self.root / f".{name}.tmp"
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, self.root / name)
+        for p in own:
+            if p.name != name:
+                p.unlink(missing_ok=True)
+        return len(own)
+
     def compact(self, min_segments: int = 32) -> int:
         """Merge all current segments into one (deduplicated); returns how many were merged.
         A crash between writing the merged file and deleting the old ones leaves duplicates that
@@ -214,6 +235,10 @@ class EventLog:
             raise BadInputFile(f"{path}: no valid events")
         self.append(batch)
         return len(batch), skipped
+
+
+def _safe(writer: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in writer)[:64]
 
 
 def _window(since: float | None, until: float | None) -> str:

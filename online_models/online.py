@@ -246,7 +246,7 @@ class OnlineALS(Recommender):
         keep = rank < recent
         hist = np.full((len(users), recent), -1, np.int64)
         hist[slots[keep], rank[keep]] = item_rows[keep]
-        unit = model.index.factors / np.maximum(np.linalg.norm(model.index.factors, axis=1, keepdims=True), 1e-12)
+        unit = model.index.unit_factors
         rec_rows = model.index.rows(song_keys(recs.song_ids.ravel())).reshape(recs.song_ids.shape)
         sims = np.einsum("ukf,uhf->ukh", unit[np.maximum(rec_rows, 0)], unit[np.maximum(hist, 0)])
         sims = np.where((hist >= 0)[:, None, :], sims, -np.inf)
@@ -284,7 +284,7 @@ def mmr(keys: np.ndarray, scores: np.ndarray, index: SongIndex, trade_off: float
     n, m = keys.shape
     rows = index.rows(keys.ravel()).reshape(keys.shape)
     valid = (keys >= 0) & np.isfinite(scores) & (rows >= 0)
-    unit = index.factors / np.maximum(np.linalg.norm(index.factors, axis=1, keepdims=True), 1e-12)
+    unit = index.unit_factors
     vec = unit[np.maximum(rows, 0)]
     sim = np.einsum("umf,ujf->umj", vec, vec)
     s = np.where(valid, scores, np.nan)

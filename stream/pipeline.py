@@ -80,9 +80,37 @@ class Counters:
     songs_indexed: int = 0
     catalog_lag_ms: float = 0.0
     started_at: float = field(default_factory=time.time)
+    first_batch_at: float = 0.0  # wall clock of the first and latest batch with events (throughput)
+    last_batch_at: float = 0.0
+    events_at_first_batch: int = 0
+    # event -> Redis freshness (write acknowledged minus the event's Kafka timestamp), recent events
+    fresh_p50_ms: float = 0.0
+    fresh_p95_ms: float = 0.0
+    fresh_p99_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+class LatencyWindow:
+    """The most recent ``size`` latencies (seconds) in a ring buffer; percentiles on demand."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._values = np.zeros(size)
+        self._next = 0
+        self._count = 0
+
+    def add(self, seconds: np.ndarray) -> None:
+        seconds = np.asarray(seconds, dtype=np.float64)[-len(self._values):]
+        idx = (self._next + np.arange(len(seconds))) % len(self._values)
+        self._values[idx] = seconds
+        self._next = (self._next + len(seconds)) % len(self._values)
+        self._count = min(len(self._values), self._count + len(seconds))
+
+    def percentiles_ms(self, ps: tuple[float, ...] = (50, 95, 99)) -> tuple[float, ...]:
+        if self._count == 0:
+            return tuple(0.0 for _ in ps)
+        return tuple(float(v) * 1000 for v in np.percentile(self._values[:self._count], ps))
 
 
 @dataclass
@@ -131,6 +159,7 @@ class BatchProcessor:
         self.counters = Counters()
         self._active: OrderedDict[str, None] = OrderedDict()
         self._refused: set[str] = set()
+        self.freshness = LatencyWindow()
         # ids of the events most recently folded into the model (insertion-ordered, bounded): a
         # redelivered event must be learnt once, or the user's engagement would count it twice
         self._applied: dict[str, None] = {}
@@ -234,24 +263,34 @@ class BatchProcessor:
             self.counters.catalog_lag_ms = (time.time() - max(m.timestamp for m in messages)) * 1000
         return dead
 
-    def try_swap(self, version: str) -> bool:
+    def prepare_swap(self, version: str) -> ServingModel | None:
+        """Load and check ``version`` aside (safe to run next to batches); None if it is not newer
+        or is refused."""
         current = self.model.holder.version
         if version == current or (current is not None and version < current) or version in self._refused:
-            return False
+            return None
         try:
-            candidate = self.load_version(version)
+            return self.load_version(version)
         except (ArtifactError, MusicrecError, OSError, ValueError) as exc:
             self.counters.refused_versions += 1
             self._refused.add(version)  # logged once; a fixed artifact gets a new version name
             log.error("refusing model version %s, still serving %s: %s", version, current, exc)
-            return False
+            return None
+
+    def install(self, candidate: ServingModel) -> bool:
+        """Swap a prepared version in (run where batches run: it touches the live song set)."""
+        current = self.model.holder.version
         # songs added from content since the training cut-off go into the new index before it serves
         self._add_content_songs(candidate, list(self._content_songs))
         swapped = self.model.install(candidate)
         if swapped:
             self.counters.swaps += 1
-            log.warning("now serving model version %s (was %s)", version, current)
+            log.warning("now serving model version %s (was %s)", candidate.version, current)
         return swapped
+
+    def try_swap(self, version: str) -> bool:
+        candidate = self.prepare_swap(version)
+        return candidate is not None and self.install(candidate)
 
     def refresh_active(self, batch_size: int = 2000) -> int:
         """Recompute and store the lists of recently active users (after a swap)."""
@@ -281,15 +320,17 @@ class BatchProcessor:
             new = self._first_application(batch.event_ids)
             duplicates = sum(1 for i in np.flatnonzero(~new) if batch.event_ids[i] not in self._unwritten)
             fresh = batch if new.all() else batch.take(new)
-            self.log.append(fresh)
+            self.log.append(fresh, writer=self.worker_id)
             produced = np.array([messages[i].timestamp for i in parsed.positions], dtype=np.float64)
             self.model.partial_fit(fresh)
             self._remember(fresh.event_ids)
             self._unwritten.update(fresh.event_ids.tolist())
             touched = np.unique(batch.user_ids)
             recs = self.model.explain(touched, self.model.recommend(touched, self.k))
-            self.writer.write(touched, recs, last_per_user(touched, batch, produced), self._popular_list())
+            written = self.writer.write(touched, recs, last_per_user(touched, batch, produced),
+                                        self._popular_list())
             self._unwritten.clear()
+            self.freshness.add(written - produced)
             for u in touched:
                 self._touch(u)
             self.counters.users_written += len(touched)
@@ -297,7 +338,16 @@ class BatchProcessor:
         self.counters.duplicates += duplicates
         self.counters.batches += 1
         self.counters.last_batch_ms = (time.perf_counter() - t0) * 1000
+        if len(batch):
+            self.counters.last_batch_at = time.time()
+            if not self.counters.first_batch_at:
+                self.counters.first_batch_at = self.counters.last_batch_at
+                self.counters.events_at_first_batch = self.counters.events
         return dead
+
+    def compact_log(self) -> int:
+        """Merge this worker's per-batch log segments once there are many (runs between batches)."""
+        return self.log.compact_own(self.worker_id)
 
     def dead_lettered(self, n: int) -> None:
         """Called by the Faust shell once ``n`` dead letters are acknowledged by the broker."""
@@ -313,6 +363,8 @@ class BatchProcessor:
         return self.model.popular(self.k)
 
     def publish_stats(self) -> None:
+        p50, p95, p99 = self.freshness.percentiles_ms()
+        self.counters.fresh_p50_ms, self.counters.fresh_p95_ms, self.counters.fresh_p99_ms = p50, p95, p99
         data = dict(self.counters.as_dict(), worker=self.worker_id, version=self.model.holder.version,
                     users=len(self.model.history), updated_at=time.time())
         with translate_errors("publishing worker stats"):

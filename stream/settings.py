@@ -32,7 +32,8 @@ class StreamConfig:
     partitions: int = setting(8, "MUSICREC_PARTITIONS", "Partitions of the events topic when this tool creates it.")  # type: ignore[assignment]
     app_id: str = setting("musicrec", "MUSICREC_APP_ID", "Faust application id = Kafka consumer group of the workers.")  # type: ignore[assignment]
     batch_size: int = setting(2000, "MUSICREC_BATCH_SIZE", "Maximum events per micro-batch in the worker.")  # type: ignore[assignment]
-    batch_within: float = setting(0.05, "MUSICREC_BATCH_WITHIN", "Seconds the worker waits to fill a micro-batch.")  # type: ignore[assignment]
+    batch_within: float = setting(0.02, "MUSICREC_BATCH_WITHIN", "Seconds the worker waits to fill a micro-batch (a full batch goes at once; this bounds the wait of a quiet stream).")  # type: ignore[assignment]
+    fetch_max_wait: float = setting(0.01, "MUSICREC_FETCH_MAX_WAIT", "Seconds a consumer fetch may wait for data; Faust fixes 1.5 s, and a broker that waits out the whole period (the embedded Tansu does) adds up to that to every event's freshness.")  # type: ignore[assignment]
     session_timeout: float = setting(10.0, "MUSICREC_SESSION_TIMEOUT", "Kafka consumer session timeout (s); a dead worker's partitions move after this.")  # type: ignore[assignment]
     k: int = setting(20, "MUSICREC_K", "Songs stored per user in Redis.")  # type: ignore[assignment]
     redis_namespace: str = setting("musicrec", "MUSICREC_REDIS_NAMESPACE", "Prefix of every Redis key this project writes.")  # type: ignore[assignment]
@@ -47,7 +48,7 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.partitions <= 0 or self.k <= 0:
             raise ConfigError("batch_size, partitions and k must be positive")
-        if self.batch_within <= 0 or self.session_timeout <= 0 or self.model_poll <= 0:
+        if self.batch_within <= 0 or self.session_timeout <= 0 or self.fetch_max_wait <= 0 or self.model_poll <= 0:
             raise ConfigError("batch_within, session_timeout and model_poll must be positive")
         if self.kafka_security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r} is not one of "

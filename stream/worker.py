@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
@@ -52,8 +53,28 @@ def faust_broker_options(cfg: StreamConfig) -> dict[str, Any]:
     return opts
 
 
+def use_fetch_max_wait(seconds: float) -> None:
+    """Make Faust's consumers wait at most ``seconds`` per fetch (Faust hard-codes 1.5 s).
+
+    Faust builds its aiokafka consumer itself, so the only hook is its consumer-thread class; the
+    override is process-wide, which is what a worker process wants."""
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    base = faust_aiokafka.AIOKafkaConsumerThread
+    create = getattr(base, "_musicrec_create", base._create_worker_consumer)
+
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = max(1, int(seconds * 1000))  # read by aiokafka's start()
+        return consumer
+
+    base._musicrec_create = create  # type: ignore[attr-defined]
+    base._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+
+
 def build_app(settings: Settings, processor: BatchProcessor) -> faust.App:
     cfg = settings.stream
+    use_fetch_max_wait(cfg.fetch_max_wait)
     app = faust.App(
         cfg.app_id, **faust_broker_options(cfg), value_serializer="raw", key_serializer="raw",
         store="memory://", web_enabled=False, topic_partitions=cfg.partitions,
@@ -90,12 +111,20 @@ def build_app(settings: Settings, processor: BatchProcessor) -> faust.App:
                 await (await send_dead(d.truncated()))
         processor.dead_lettered(len(dead))
 
+    # Every batch, catalog update and swap runs in one dedicated thread, one at a time: the event loop
+    # stays free to fetch and decode the next batch meanwhile (numpy, FAISS, BLAS and Redis I/O
+    # release the GIL), and the processor never sees two callers at once.
+    pipeline_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musicrec-pipeline")
+
+    async def in_pipeline(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pipeline_thread, fn, *args)
+
     async def with_redis_retry(what: str, fn: Any, *args: Any) -> Any:
         # Redis down: keep retrying instead of acking; consumption pauses, nothing is committed
         delay = 0.2
         while True:
             try:
-                return fn(*args)
+                return await in_pipeline(fn, *args)
             except ServiceUnavailable as exc:
                 log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
@@ -115,7 +144,7 @@ def build_app(settings: Settings, processor: BatchProcessor) -> faust.App:
         async for events in stream.take_events(500, within=0.05):  # type: ignore[attr-defined]
             messages = [Message(e.message.key, e.message.value, e.message.topic, e.message.partition,
                                 e.message.offset, e.message.timestamp) for e in events]
-            dead = processor.add_songs(messages)
+            dead = await in_pipeline(processor.add_songs, messages)
             if dead:
                 await dead_letters(dead)
 
@@ -128,10 +157,17 @@ def build_app(settings: Settings, processor: BatchProcessor) -> faust.App:
             log.warning("cannot check for a new model: %s", exc)
             return
         if version is not None and version != processor.model.holder.version:
-            # loading and checking happen in a thread; the swap itself is one reference under a lock
-            swapped = await loop.run_in_executor(None, processor.try_swap, version)
-            if swapped:
+            # loading and checking happen in another thread, next to batches; the swap itself (one
+            # reference under a lock) runs in the pipeline thread, between two batches
+            candidate = await loop.run_in_executor(None, processor.prepare_swap, version)
+            if candidate is not None and await in_pipeline(processor.install, candidate):
                 await with_redis_retry("refreshing lists after a swap", processor.refresh_active)
+
+    @app.timer(30.0)
+    async def compact_log() -> None:
+        merged = await in_pipeline(processor.compact_log)
+        if merged:
+            log.info("merged %d log segments", merged)
 
     @app.timer(2.0)
     async def stats() -> None:

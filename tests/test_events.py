@@ -87,3 +87,14 @@ def test_catalog_features_must_be_finite_numbers(features: object) -> None:
         parse_song(raw, now=NOW)
     ok = json.dumps({"song_id": "s", "title": "t", "artist": "a", "features": {"tempo": 120}}).encode()
     assert parse_song(ok, b"s").features == {"tempo": 120.0}
+
+
+def test_latency_window_keeps_the_most_recent_values() -> None:
+    from stream.pipeline import LatencyWindow
+
+    window = LatencyWindow(size=100)
+    assert window.percentiles_ms() == (0.0, 0.0, 0.0)
+    window.add(np.full(150, 9.0))  # older than the window: overwritten below
+    window.add(np.arange(1, 101) / 1000)  # 1..100 ms
+    p50, p95, p99 = window.percentiles_ms()
+    assert p50 == pytest.approx(50.5) and p95 == pytest.approx(95.05) and p99 == pytest.approx(99.01)

@@ -63,6 +63,20 @@ def test_log_dedups_redelivered_events_and_compacts(tmp_path: Path) -> None:
     assert (np.diff(back.ts) >= 0).all()
 
 
+def test_writer_compacts_only_its_own_segments(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "log")
+    events = synthetic_log(n_events=400)
+    for i in range(4):
+        log.append(events.take(slice(i * 80, (i + 1) * 80)), writer="worker/a")
+    log.append(events.take(slice(320, 400)), writer="worker-b")
+    assert log.compact_own("worker/a", min_segments=5) == 0  # too few to bother
+    assert log.compact_own("worker/a", min_segments=4) == 4
+    names = sorted(p.name for p in log.segments())
+    assert len(names) == 2 and any("merged4" in n for n in names)
+    assert any("wworker_b" in n for n in names)  # the other writer's segment is untouched
+    assert sorted(log.read().event_ids) == sorted(events.event_ids)
+
+
 def test_lastfm_import(lastfm_import) -> None:  # type: ignore[no-untyped-def]
     r = lastfm_import
     assert r.n_users == 1892 and r.n_songs == 17632

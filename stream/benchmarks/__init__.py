@@ -17,6 +17,8 @@ from rich.console import Console
 
 # name -> module path; each module defines run(console, quick) -> dict
 BENCHMARKS: dict[str, str] = {
+    "ingest": "stream.benchmarks.ingest",
+    "freshness": "stream.benchmarks.freshness",
     "index": "stream.benchmarks.index",
     "serve": "stream.benchmarks.serve",
     "scale": "stream.benchmarks.scale",
