@@ -117,3 +117,29 @@ def test_scale_quick(services) -> None:  # type: ignore[no-untyped-def]
         assert 0 < f[name]["recall_at_10"] <= 1 and f[name]["qps_1thread"] > 0
     assert f["ivfpq"]["bytes_per_song"] < f["hnsw_reference"]["bytes_per_song"]
     assert f["redis_bytes_per_user"] >= f["value_json_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_ingest_quick(services: Any, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUSICREC_SHARED_DATA", str(data_root))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", services.kafka_bootstrap)
+    monkeypatch.setenv("REDIS_URL", services.redis_url)
+    figures = run_benchmark("ingest", None, quiet(), quick=True)
+    positive(figures, "events_per_s", "bare_faust_events_per_s", "ratio", "producer_events_per_s",
+             "worker_batches", "worker_users_written")
+    assert figures["events"] == 6_000
+
+
+@pytest.mark.slow
+def test_freshness_quick(services: Any, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.benchmarks import freshness
+
+    monkeypatch.setenv("MUSICREC_SHARED_DATA", str(data_root))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", services.kafka_bootstrap)
+    monkeypatch.setenv("REDIS_URL", services.redis_url)
+    figures = run_benchmark("freshness", None, quiet(), quick=True)
+    assert [p["rate"] for p in figures["phases"]] == list(freshness.TARGETS_MS)
+    for phase in figures["phases"]:
+        positive(phase, "achieved_rate", "p50_ms", "p99_ms", "redis_side_p50_ms", "users")
+        assert phase["p50_ms"] <= phase["p95_ms"] <= phase["p99_ms"]
+        assert phase["events"] == int(phase["rate"] * figures["seconds_per_phase"])

@@ -1,7 +1,7 @@
 """``musicrec bench freshness``: time from producing an event to its user's Redis value reflecting it.
 
 A worker runs against the embedded broker and Redis with a model trained on Last.fm; events are
-produced at a fixed rate (1k and 5k events/s). The worker measures every event: write acknowledged
+produced at a fixed rate (1k, 3k and 5k events/s). The worker measures every event: write acknowledged
 by Redis minus the event's Kafka timestamp (set by the producer when it sends), over its most recent
 20,000 events. As a cross-check, the same difference is read back from the stored values of the
 users of the last phase (their latest event only).
@@ -21,7 +21,8 @@ from stream.kafka_io import EventProducer
 from stream.redis_store import RecsClient
 from stream.replay import replay
 
-TARGETS_MS = {1000: 100.0, 5000: 250.0}
+# p99 targets (issue 5); 3k events/s has none: it shows where one worker's knee lies on this machine
+TARGETS_MS: dict[int, float | None] = {1000: 100.0, 3000: None, 5000: 250.0}
 
 
 def run(console: Console, quick: bool) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def run(console: Console, quick: bool) -> dict[str, Any]:
             wait_stats(live, worker, lambda s: s["version"] == live.version, 120, "the worker to load the model")
             sent = 0
             with EventProducer(live.settings.stream, linger_ms=1) as producer:
-                for rate in (1000, 5000):
+                for rate in TARGETS_MS:
                     events = fresh_events(live.replay, int(rate * seconds), f"fresh{rate}")
                     result = replay(producer, events, rate)
                     sent += result.sent
@@ -63,7 +64,8 @@ def run(console: Console, quick: bool) -> dict[str, Any]:
     figures.update(finish_context(context))
     print_table(console, "freshness: produce -> Redis value reflects the event (worker-measured, every event)",
                 ["rate ev/s", "achieved", "p50 ms", "p95 ms", "p99 ms", "target p99", "values p50/p99 ms"],
-                [[p["rate"], p["achieved_rate"], p["p50_ms"], p["p95_ms"], p["p99_ms"], f"<= {p['target_p99_ms']:.0f}",
+                [[p["rate"], p["achieved_rate"], p["p50_ms"], p["p95_ms"], p["p99_ms"],
+                  f"<= {p['target_p99_ms']:.0f}" if p["target_p99_ms"] else None,
                   f"{p['redis_side_p50_ms'] or 0:.0f} / {p['redis_side_p99_ms'] or 0:.0f}"] for p in phases],
                 caption=f"{seconds:.0f} s per phase, embedded broker and redis-server, 1 worker; "
                         f"load {figures['load_avg_1m_start']} -> {figures['load_avg_1m_end']}")
