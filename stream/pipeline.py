@@ -231,9 +231,12 @@ class BatchProcessor:
         model.index.add(np.array(missing, dtype=object)[ok], new_song_vectors(proj, x[ok], model.new_song_norm))
         return int(ok.sum())
 
-    def add_songs(self, messages: list[Message]) -> list[DeadLetter]:
-        """Catalog events: store every valid song; index new ones from their content at once.
-        A song whose features do not fit the served model's projection is refused (dead letter)."""
+    def add_songs(self, messages: list[Message], store: bool = True, index: bool = True) -> list[DeadLetter]:
+        """Catalog events: store every valid song (``store``); index new ones from their content at
+        once (``index``). A song whose features do not fit the served model's projection is refused.
+
+        With several workers the two halves are split: the catalog consumer group stores each song
+        once and dead-letters what is refused, while every worker reads the whole topic to index."""
         pair = self.model.holder.peek()
         proj = pair[0].projection if pair is not None else None
         dead: list[DeadLetter] = []
@@ -251,16 +254,18 @@ class BatchProcessor:
                 dead.append(DeadLetter(m.key, m.value, exc.reason, source))
                 continue
             accepted.append(song)
-        self.catalog.append(CatalogRows([s.song_id for s in accepted], [s.title for s in accepted],
-                                        [s.artist for s in accepted], [s.genre for s in accepted],
-                                        [s.features for s in accepted], [s.ts for s in accepted]))
-        with_content = [s for s in accepted if s.features]
-        self._content_songs.update({s.song_id: (s.features, s.genre) for s in with_content})
-        if pair is not None:
-            self.counters.songs_indexed += self._add_content_songs(pair[0], [s.song_id for s in with_content])
-        self.counters.songs += len(accepted)
-        if messages:
-            self.counters.catalog_lag_ms = (time.time() - max(m.timestamp for m in messages)) * 1000
+        if store:
+            self.catalog.append(CatalogRows([s.song_id for s in accepted], [s.title for s in accepted],
+                                            [s.artist for s in accepted], [s.genre for s in accepted],
+                                            [s.features for s in accepted], [s.ts for s in accepted]))
+            self.counters.songs += len(accepted)
+        if index:
+            with_content = [s for s in accepted if s.features]
+            self._content_songs.update({s.song_id: (s.features, s.genre) for s in with_content})
+            if pair is not None:
+                self.counters.songs_indexed += self._add_content_songs(pair[0], [s.song_id for s in with_content])
+            if messages:
+                self.counters.catalog_lag_ms = (time.time() - max(m.timestamp for m in messages)) * 1000
         return dead
 
     def prepare_swap(self, version: str) -> ServingModel | None:

@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLarge
 from faust.exceptions import ProducerSendError
 
 from index_manager.errors import ServiceUnavailable
+from stream.catalog_feed import follow_catalog
 from stream.pipeline import BatchProcessor, DeadLetter, Message
 from stream.settings import Settings, StreamConfig
 
@@ -139,9 +140,17 @@ def build_app(settings: Settings, processor: BatchProcessor) -> faust.App:
         async for events in stream.take_events(500, within=0.05):  # type: ignore[attr-defined]
             messages = [Message(e.message.key, e.message.value, e.message.topic, e.message.partition,
                                 e.message.offset, e.message.timestamp) for e in events]
-            dead = processor.add_songs(messages)
+            # stored once per group (and dead-lettered once); indexing is the broadcast's job below
+            dead = processor.add_songs(messages, index=False)
             if dead:
                 await dead_letters(dead)
+
+    async def index_songs(messages: list[Message]) -> None:
+        processor.add_songs(messages, store=False)  # refusals are the catalog agent's to report
+
+    @app.task
+    async def catalog_replica() -> None:
+        await follow_catalog(cfg, index_songs)
 
     @app.timer(cfg.model_poll)
     async def watch_model() -> None:

@@ -144,3 +144,28 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def publish_content_model(settings: Any) -> str:
+    """Seed the log and a catalog whose content says each song's taste cluster (odd/even, plus
+    noise), train ALS with its content projection, publish it and create the topics."""
+    from offline.catalog import CatalogRows, CatalogStore
+    from offline.retrain import retrain_als
+    from stream.kafka_io import ensure_topics
+    from stream.publish import publish_version
+    from stream.redis_store import RedisKeys, connect
+    from tests.contract import synthetic_log
+
+    cfg = settings.stream
+    log = EventLog(cfg.log_dir)
+    log.append(synthetic_log())
+    rng = np.random.default_rng(0)
+    CatalogStore(cfg.catalog_dir).append(CatalogRows(
+        [f"s{i}" for i in range(120)], [f"t{i}" for i in range(120)], ["a"] * 120,
+        ["odd" if i % 2 else "even" for i in range(120)],
+        [{"x": float(rng.normal()), "y": float(rng.normal())} for i in range(120)]))
+    result = retrain_als(log, cfg.artifacts_dir, settings.model, catalog=CatalogStore(cfg.catalog_dir))
+    assert "content_weights" in result.artifact.arrays
+    publish_version(connect(cfg.redis_url), RedisKeys(cfg.redis_namespace), result.version)
+    ensure_topics(cfg)
+    return result.version

@@ -171,42 +171,74 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(make_settings, start_worke
 # -- two workers, one dies ------------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_surviving_worker_takes_over_a_dead_workers_partitions(make_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(partitions=2)  # session timeout 6 s
+    settings = make_settings(partitions=8)  # session timeout 6 s
     cfg = settings.stream
     ensure_topics(cfg)
     a, b = start_worker(settings), start_worker(settings)
     a.wait_ready()
     b.wait_ready()
     producer = SteadyProducer(cfg, rate=1000, n_users=200, tag="two").start()
-    # both consume: the group split the two partitions between them
-    a.wait(lambda s: s["events"] > 0, 60, "worker a to get a partition")
-    b.wait(lambda s: s["events"] > 0, 60, "worker b to get a partition")
+    # both consume: the group split the eight partitions between them
+    a.wait(lambda s: s["events"] > 0, 60, "worker a to get partitions")
+    b.wait(lambda s: s["events"] > 0, 60, "worker b to get partitions")
     a.stop(signal.SIGKILL)
     killed_at, t_kill = producer.sent, time.monotonic()
     client = RecsClient(cfg.redis_url, cfg.redis_namespace)
     users = [f"u{i}" for i in range(200)]
 
-    def all_updated_since_kill() -> bool:
-        # only b is alive: a list carrying an event produced after the kill was written by b, so
-        # once every user's does, b serves a's partition as well as its own
+    def all_updated_since(mark: int) -> bool:
         values = client.get_many(users, 1)
-        return all(v is not None and v.last_event and int(v.last_event["event_id"].split("-")[1]) >= killed_at
+        return all(v is not None and v.last_event and int(v.last_event["event_id"].split("-")[1]) >= mark
                    for v in values)
 
-    wait_for(all_updated_since_kill, 60, "b to take over a's partition (every user updated after the kill)")
+    # only b is alive: once every user's list carries an event produced after the kill, b serves
+    # a's partitions as well as its own
+    wait_for(lambda: all_updated_since(killed_at), 60, "b to take over a's partitions (every user updated)")
     takeover_s = time.monotonic() - t_kill
-    mark = producer.sent
-    wait_for(lambda: producer.sent >= mark + 2000, 30, "more events after the takeover")
+    # a comes back: the group hands it partitions again, and both keep every list fresh
+    a2 = start_worker(settings)
+    a2.wait(lambda s: s["events"] > 0, 60, "the restarted worker to get partitions back")
+    back_at = producer.sent
+    b_before = b.wait_ready()["events"]
+    wait_for(lambda: all_updated_since(back_at), 60, "every user updated after the rebalance")
+    a2_events = a2.wait_ready()["events"]
+    b_after = b.wait_ready()["events"]
+    assert a2_events > 0 and b_after > b_before  # both share the load again
     produced = producer.stop()
     wait_for(lambda: stale_users(client, producer.last_of_user) == [], 60,
-             "every user's list (a's users' too) to carry their last event")
+             "every user's list to carry their last event")
     wait_all_logged(cfg.log_dir, producer.ids, 60, lambda: f"worker b: {b.stats()}\n{b.log_tail()}")
     rows, distinct, _ = log_counts(cfg.log_dir, producer.ids)
     assert distinct == produced
-    assert b.alive()
-    print(f"\ntakeover: produced {produced} at 1000/s, worker a killed after {killed_at}; b took over within "
-          f"{takeover_s:.1f}s (session timeout {cfg.session_timeout:.0f}s); log {distinct} distinct, "
-          f"{rows - distinct} rows appended by both workers (a's uncommitted batch, redelivered to b), lost 0")
+    assert b.alive() and a2.alive()
+    print(f"\ntakeover on 8 partitions: produced {produced} at 1000/s, worker a killed after {killed_at}; "
+          f"b took over within {takeover_s:.1f}s (session timeout {cfg.session_timeout:.0f}s); a restarted and "
+          f"got {a2_events} events after the rebalance; log {distinct} distinct, {rows - distinct} rows appended "
+          f"twice (a's uncommitted batch, redelivered to b; readers deduplicate), lost 0")
+
+
+def test_every_worker_indexes_every_new_song(make_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
+    from stream.events import Song
+    from stream.kafka_io import EventProducer, read_topic
+    from tests.streaming import publish_content_model
+
+    settings = make_settings(partitions=4, factors=8)
+    version = publish_content_model(settings)
+    workers = [start_worker(settings), start_worker(settings)]
+    for w in workers:
+        w.wait(lambda s: s["version"] == version, 60, "model load")
+    songs = [Song(f"fresh-{i}", "New", "Someone", "odd" if i % 2 else "even",
+                  {"x": 0.1 * i, "y": -0.2}, time.time()) for i in range(6)]
+    with EventProducer(settings.stream) as producer:
+        producer.send_songs([*songs, Song("bad-features", "Bad", "Someone", "odd", {"x": 0.3}, time.time())])
+    # the catalog is a broadcast: each worker's replica of the index gets all six songs ...
+    stats = [w.wait(lambda s: s["songs_indexed"] >= len(songs), 30, "every song in this worker's index")
+             for w in workers]
+    assert [s["songs_indexed"] for s in stats] == [len(songs)] * 2
+    # ... while storing and dead-lettering stay once per group
+    wait_for(lambda: sum(w.wait_ready()["songs"] for w in workers) == len(songs), 30, "the catalog stored once")
+    dead = read_topic(settings.stream, settings.stream.dlq_topic, timeout=10)
+    assert [d.key for d in dead] == [b"bad-features"]
 
 
 # -- Redis away for a while ---------------------------------------------------------------------

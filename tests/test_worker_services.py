@@ -21,6 +21,7 @@ from stream.publish import publish_version
 from stream.redis_store import RecsClient, RedisKeys, connect
 from tests.conftest import REPO, run_cli
 from tests.contract import synthetic_log
+from tests.streaming import publish_content_model
 
 pytestmark = pytest.mark.services
 
@@ -156,29 +157,18 @@ def test_up_prints_endpoints_and_stops_on_ctrl_c() -> None:
 
 
 def test_new_song_from_the_catalog_is_recommended_before_anyone_plays_it(make_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
-    from offline.catalog import CatalogRows, CatalogStore
     from stream.events import Song
 
     settings = make_settings(factors=8)
     cfg = settings.stream
-    log = EventLog(cfg.log_dir)
-    log.append(synthetic_log())
-    rng = np.random.default_rng(0)
-    # content that says which taste cluster a song belongs to (odd/even), plus noise
-    CatalogStore(cfg.catalog_dir).append(CatalogRows(
-        [f"s{i}" for i in range(120)], [f"t{i}" for i in range(120)], ["a"] * 120,
-        ["odd" if i % 2 else "even" for i in range(120)],
-        [{"x": float(rng.normal()), "y": float(rng.normal())} for i in range(120)]))
-    result = retrain_als(log, cfg.artifacts_dir, settings.model, catalog=CatalogStore(cfg.catalog_dir))
-    assert "content_weights" in result.artifact.arrays
-    publish_version(connect(cfg.redis_url), RedisKeys(cfg.redis_namespace), result.version)
-    ensure_topics(cfg)
+    version = publish_content_model(settings)
     worker = start_worker(settings)
-    worker.wait(lambda s: s["version"] == result.version, 60, "model load")
+    worker.wait(lambda s: s["version"] == version, 60, "model load")
     with EventProducer(cfg) as producer:
         producer.send_songs([Song("fresh-odd", "New", "Someone", "odd", {"x": 0.1, "y": -0.2}, time.time()),
                              Song("bad-features", "Bad", "Someone", "odd", {"x": 0.3}, time.time())])
-    stats = worker.wait(lambda s: s["songs"] >= 1 and s["refused"] >= 1, 30, "the catalog events")
+    stats = worker.wait(lambda s: s["songs"] >= 1 and s["refused"] >= 1 and s["songs_indexed"] >= 1, 30,
+                        "the catalog events")
     assert stats["songs_indexed"] == 1 and stats["refused"] == 1
     dead = read_topic(cfg, cfg.dlq_topic, timeout=10)
     assert [d.key for d in dead] == [b"bad-features"]
