@@ -64,6 +64,15 @@ class OnlineALS(Recommender):
         self._names = {}
         self._vectors.clear()
 
+    def sharing_state(self, holder: ModelHolder[ServingModel]) -> OnlineALS:
+        """A recommender over the same users' histories (and popularity) serving ``holder``'s model:
+        the second arm of an A/B test. Learning through either one updates both."""
+        view = OnlineALS(self.config, holder)
+        # the vector cache is shared too: it is keyed by model version, and a user is in one arm
+        view.history, view.popularity, view._names, view._vectors = \
+            self.history, self.popularity, self._names, self._vectors
+        return view
+
     def install(self, model: ServingModel) -> bool:
         """Swap in a model built and checked aside; False if it is not newer than the current one."""
         return self.holder.swap(model, model.version)

@@ -31,7 +31,7 @@ from index_manager.errors import ConfigError, InvalidEvent, NoModel, ServiceUnav
 from offline.eventlog import EventLog
 from stream.events import MAX_ID_CHARS, check_id
 from stream.monitor import STATS_STALE_S, Monitor, RedisHandle, render_prometheus
-from stream.redis_store import Recs, RecsClient, translate_errors
+from stream.redis_store import Recs, RecsClient, RedisKeys, translate_errors
 from stream.settings import Settings, StreamConfig
 
 log = logging.getLogger("musicrec.api")
@@ -62,7 +62,7 @@ class RecsOut(BaseModel):
     updated_at: float = Field(description="when the worker wrote the list (unix seconds)")
     last_event: LastEvent | None
     fallback: bool = Field(description="true when the user has no list yet and popularity was served")
-    arm: str | None = Field(None, description="A/B arm the user was served from; null until A/B testing exists")
+    arm: str | None = Field(None, description="A/B arm (control/treatment) that wrote the list; null outside a test")
     items: list[RecItem]
 
 
@@ -118,11 +118,18 @@ class ApiState:
         return RecsClient(self.cfg.redis_url, self.cfg.redis_namespace, client=self.redis.get())
 
     def read_recs(self, user_id: str, k: int) -> tuple[Recs | None, str | None]:
-        """The user's list and the A/B arm it came from.
+        """The user's list and the A/B arm that wrote it (None outside a test, and for users
+        served the popularity fallback). Workers assign arms when they write, so reads stay one GET."""
+        recs = self.recs_client().get(user_id, k)
+        return recs, None if recs is None or recs.fallback else recs.arm
 
-        The seam for A/B testing between model versions: assign the user to an arm here and read
-        that arm's list. Until then there is one arm, the lists the workers write (arm None)."""
-        return self.recs_client().get(user_id, k), None
+    def ab_results(self) -> dict[str, Any]:
+        from stream.abtest import current_test, results
+        from stream.demo import worker_stats
+
+        client, keys = self.redis.get(), RedisKeys(self.cfg.redis_namespace)
+        with translate_errors("reading the A/B test"):
+            return results(current_test(client, keys), worker_stats(client, keys))
 
     def report_path(self) -> Path:
         return Path(self.cfg.data_dir) / "reports" / "prequential.png"
@@ -231,6 +238,11 @@ def get_metrics(request: Request) -> PlainTextResponse:
     return PlainTextResponse(text, media_type=PROMETHEUS_TEXT)
 
 
+def get_ab(request: Request) -> dict[str, Any]:
+    """The running A/B test (if any) and each arm's lists served, plays observed, hits and hit rate."""
+    return _state(request).ab_results()
+
+
 def get_overview(request: Request) -> dict[str, Any]:
     """Everything the dashboard's header shows, as one JSON object (the same data as /metrics)."""
     state = _state(request)
@@ -245,7 +257,14 @@ def get_overview(request: Request) -> dict[str, Any]:
             "redis": {"ok": snap.redis_error is None, "error": snap.redis_error},
             "events_per_s": snap.events_per_s, "dlq": snap.refused, "freshness": snap.freshness.to_json(),
             "lag": snap.lag.to_json(), "workers": [w.to_json() for w in snap.workers], "model": model,
-            "report": {"prequential_png": state.report_path().is_file()}}
+            "report": {"prequential_png": state.report_path().is_file()}, "ab": _ab_or_error(state)}
+
+
+def _ab_or_error(state: ApiState) -> dict[str, Any]:
+    try:
+        return state.ab_results()
+    except ServiceUnavailable as exc:
+        return {"running": False, "error": str(exc)}
 
 
 def get_report(request: Request) -> FileResponse:
@@ -321,6 +340,7 @@ def create_app(settings: Settings) -> FastAPI:
                       tags=["read"])
     app.add_api_route("/health", get_health, methods=["GET"], tags=["ops"])
     app.add_api_route("/metrics", get_metrics, methods=["GET"], tags=["ops"], response_class=PlainTextResponse)
+    app.add_api_route("/ab", get_ab, methods=["GET"], tags=["ops"], responses=ERRORS)
     app.add_api_route("/overview", get_overview, methods=["GET"], tags=["ops"])
     app.add_api_route("/reports/prequential.png", get_report, methods=["GET"], tags=["ops"],
                       response_class=FileResponse)

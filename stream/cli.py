@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Streaming music recommender: Kafka/Faust in, online ALS + FAISS, Redis out.")
 import_app = typer.Typer(no_args_is_help=True, help="Import public data sets or event files.")
 app.add_typer(import_app, name="import")
+ab_app = typer.Typer(no_args_is_help=True, help="A/B test a model version against the published one.")
+app.add_typer(ab_app, name="ab")
 console = Console()
 err = Console(stderr=True)
 
@@ -239,6 +241,78 @@ def status(check: Annotated[bool, typer.Option(help="health check: exit 1 unless
                       f"{s['last_batch_ms']:.1f}", f"{s.get('catalog_lag_ms', 0.0):.0f}",
                       f"{time.time() - s['updated_at']:.0f}")
     console.print(table)
+
+
+@ab_app.command("start")
+def ab_start(version: Annotated[str, typer.Argument(help="model version for the treatment arm")],
+             share: Annotated[float, typer.Option(help="share of users in the treatment arm")] = 0.5,
+             horizon: Annotated[int, typer.Option(help="plays after a served list that count towards its hits")] = 10,
+             ) -> None:
+    """Serve VERSION to a stable share of users, the published version to the rest."""
+    from index_manager.artifacts import read_manifest
+    from stream.abtest import ABTest, current_test, start_test
+    from stream.redis_store import RedisKeys, connect
+
+    cfg = _settings().stream
+    read_manifest(cfg.artifacts_dir, version)  # a clear error now rather than a refusal in every worker
+    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    running = current_test(client, keys)
+    if running is not None:
+        err.print(f"an A/B test of {running.treatment} is running; `musicrec ab stop` it first")
+        raise typer.Exit(1)
+    test = ABTest.new(version, share, horizon)
+    start_test(client, keys, test)
+    console.print(f"A/B test started: {share:.0%} of users get {version} (split {test.salt}); "
+                  f"workers pick it up within {cfg.model_poll:g}s")
+
+
+@ab_app.command("status")
+def ab_status(as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False) -> None:
+    """The running test and each arm's hits, summed over the workers."""
+    from stream.abtest import current_test, results
+    from stream.demo import worker_stats
+    from stream.redis_store import RedisKeys, connect
+
+    cfg = _settings().stream
+    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    report = results(current_test(client, keys), worker_stats(client, keys))
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    if not report["running"]:
+        console.print("no A/B test is running")
+        return
+    table = Table(title=f"A/B test: {report['share']:.0%} get {report['treatment']} "
+                        f"(running {time.time() - report['started_at']:.0f}s)")
+    for col in ("arm", "version", "lists served", "plays observed", "hits", f"hit rate (next {report['horizon']})"):
+        table.add_column(col)
+    for arm, version in (("control", ", ".join(report["control"]) or "-"), ("treatment", report["treatment"])):
+        a = report["arms"][arm]
+        table.add_row(arm, version, str(a["served"]), str(a["plays"]), str(a["hits"]), f"{a['hit_rate']:.4f}")
+    console.print(table)
+    if report["lift"] is not None:
+        console.print(f"treatment / control hit rate: {report['lift']:.3f}")
+
+
+@ab_app.command("stop")
+def ab_stop(promote: Annotated[bool, typer.Option(help="publish the treatment version for everyone")] = False,
+            ) -> None:
+    """End the test; every user goes back to the published version (or the treatment's, with --promote)."""
+    from stream.abtest import stop_test
+    from stream.publish import publish_version
+    from stream.redis_store import RedisKeys, connect
+
+    cfg = _settings().stream
+    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    test = stop_test(client, keys)
+    if test is None:
+        err.print("no A/B test is running")
+        raise typer.Exit(1)
+    if promote:
+        publish_version(client, keys, test.treatment, {"promoted_from_ab_test": test.salt})
+        console.print(f"A/B test stopped; {test.treatment} published for every user")
+    else:
+        console.print("A/B test stopped; every user gets the published version again")
 
 
 @app.command()

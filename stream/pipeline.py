@@ -21,14 +21,17 @@ import numpy as np
 
 from index_manager.artifacts import load_artifact
 from index_manager.errors import ArtifactError, InvalidEvent, MusicrecError
+from index_manager.holder import ModelHolder
 from index_manager.keys import song_keys
 from offline.catalog import CatalogRows, CatalogStore
 from offline.eventlog import EventLog
+from online_models.abtest import CONTROL, TREATMENT, ArmMetrics, in_treatment
 from online_models.base import RecList
 from online_models.batch import EventBatch
 from online_models.content import GENRE_PREFIX, feature_matrix, new_song_vectors
 from online_models.online import OnlineALS
 from online_models.serving import ServingModel
+from stream.abtest import ABTest, current_test
 from stream.events import MAX_MESSAGE_BYTES, Song, parse_events, parse_song
 from stream.redis_store import RecsWriter, RedisKeys, translate_errors
 from stream.settings import Settings
@@ -139,6 +142,15 @@ def last_per_user(users: np.ndarray, batch: EventBatch, produced_at: np.ndarray)
     return out
 
 
+@dataclass
+class ABRun:
+    """The A/B test this worker serves: the treatment arm's recommender and both arms' hits."""
+
+    test: ABTest
+    model: OnlineALS  # shares the users' histories with the control arm's
+    metrics: ArmMetrics
+
+
 class BatchProcessor:
     """Owns one worker's online model, its log writer and its Redis writer."""
 
@@ -165,6 +177,8 @@ class BatchProcessor:
         self._applied: dict[str, None] = {}
         self._applied_max = applied_ids
         self._unwritten: set[str] = set()  # applied by a batch whose Redis write has not succeeded yet
+        self.ab: ABRun | None = None
+        self._refused_tests: set[str] = set()
 
     # -- start-up -----------------------------------------------------------------------------
     def restore(self, chunk: int = 200_000) -> int:
@@ -264,6 +278,9 @@ class BatchProcessor:
             self._content_songs.update({s.song_id: (s.features, s.genre) for s in with_content})
             if pair is not None:
                 self.counters.songs_indexed += self._add_content_songs(pair[0], [s.song_id for s in with_content])
+            treatment = self.ab.model.holder.peek() if self.ab is not None else None
+            if treatment is not None:
+                self._add_content_songs(treatment[0], [s.song_id for s in with_content])
             if messages:
                 self.counters.catalog_lag_ms = (time.time() - max(m.timestamp for m in messages)) * 1000
         return dead
@@ -301,10 +318,57 @@ class BatchProcessor:
         """Recompute and store the lists of recently active users (after a swap)."""
         users = np.asarray(list(self._active), dtype=object)
         for start in range(0, len(users), batch_size):
-            part = users[start:start + batch_size]
-            self.writer.write(part, self.model.explain(part, self.model.recommend(part, self.k)), None,
-                              self._popular_list())
+            self._write_lists(users[start:start + batch_size], None)
         return len(users)
+
+    # -- A/B tests ----------------------------------------------------------------------------
+    def wanted_test(self) -> ABTest | None:
+        """The test published in Redis (None if there is none)."""
+        return current_test(self.redis, self.keys)
+
+    def prepare_test(self, test: ABTest) -> ServingModel | None:
+        """Load and check the treatment's version aside; None (logged once) if it is unusable."""
+        if test.salt in self._refused_tests:
+            return None
+        try:
+            return self.load_version(test.treatment)
+        except (ArtifactError, MusicrecError, OSError, ValueError) as exc:
+            self._refused_tests.add(test.salt)
+            log.error("not serving A/B test of %s: %s", test.treatment, exc)
+            return None
+
+    def start_test(self, test: ABTest, treatment: ServingModel) -> None:
+        holder: ModelHolder[ServingModel] = ModelHolder()
+        self._add_content_songs(treatment, list(self._content_songs))
+        holder.swap(treatment, treatment.version)
+        self.ab = ABRun(test, self.model.sharing_state(holder), ArmMetrics(horizon=test.horizon))
+        log.warning("A/B test: %.0f%% of users get %s", 100 * test.share, test.treatment)
+
+    def stop_test(self) -> None:
+        if self.ab is not None:
+            log.warning("A/B test of %s stopped: %s", self.ab.test.treatment, self.ab.metrics.summary())
+        self.ab = None
+
+    def _write_lists(self, users: np.ndarray, last_events: list[dict[str, Any] | None] | None) -> float:
+        """Recommend for ``users`` and store their lists (split by arm while a test runs)."""
+        ab = self.ab
+        if ab is None:
+            recs = self.model.explain(users, self.model.recommend(users, self.k))
+            return self.writer.write(users, recs, last_events, self._popular_list())
+        treated = in_treatment(users, ab.test.salt, ab.test.share)
+        written = time.time()
+        popular: RecList | None = self._popular_list()
+        for arm, model, sel in ((CONTROL, self.model, ~treated), (TREATMENT, ab.model, treated)):
+            idx = np.flatnonzero(sel)
+            if not len(idx):
+                continue
+            part = users[idx]
+            recs = model.explain(part, model.recommend(part, self.k))
+            written = self.writer.write(part, recs, None if last_events is None else [last_events[i] for i in idx],
+                                        popular, arm=arm)
+            popular = None
+            ab.metrics.record(part, arm, recs.song_ids)
+        return written
 
     # -- the hot path -------------------------------------------------------------------------
     def process(self, messages: list[Message]) -> list[DeadLetter]:
@@ -331,9 +395,9 @@ class BatchProcessor:
             self._remember(fresh.event_ids)
             self._unwritten.update(fresh.event_ids.tolist())
             touched = np.unique(batch.user_ids)
-            recs = self.model.explain(touched, self.model.recommend(touched, self.k))
-            written = self.writer.write(touched, recs, last_per_user(touched, batch, produced),
-                                        self._popular_list())
+            if self.ab is not None:
+                self.ab.metrics.observe(fresh)  # against the lists served before these events
+            written = self._write_lists(touched, last_per_user(touched, batch, produced))
             self._unwritten.clear()
             self.freshness.add(written - produced)
             for u in touched:
@@ -372,5 +436,8 @@ class BatchProcessor:
         self.counters.fresh_p50_ms, self.counters.fresh_p95_ms, self.counters.fresh_p99_ms = p50, p95, p99
         data = dict(self.counters.as_dict(), worker=self.worker_id, version=self.model.holder.version,
                     users=len(self.model.history), updated_at=time.time())
+        if self.ab is not None:
+            data["ab"] = {"salt": self.ab.test.salt, "treatment": self.ab.test.treatment,
+                          "arms": self.ab.metrics.summary()}
         with translate_errors("publishing worker stats"):
             self.redis.set(self.keys.stats(self.worker_id), json.dumps(data), ex=300)

@@ -60,6 +60,9 @@ class RedisKeys:
     def model_history(self) -> str:
         return f"{self.namespace}:model:history"
 
+    def ab_test(self) -> str:
+        return f"{self.namespace}:ab"
+
     def stats(self, worker: str) -> str:
         return f"{self.namespace}:stats:{self._part(worker)}"
 
@@ -103,13 +106,16 @@ def translate_errors(what: str) -> Iterator[None]:
 
 def encode_value(user_id: str | None, songs: Sequence[str], scores: Sequence[float],
                  reasons: Sequence[str | None], version: str, updated_at: float,
-                 last_event: dict[str, Any] | None = None) -> bytes:
+                 last_event: dict[str, Any] | None = None, arm: str | None = None) -> bytes:
     # math.isfinite on a Python float: np.isfinite per scalar cost more than the JSON encoding itself
     items = [{"song_id": s, "score": round(f, 6) if math.isfinite(f := float(v)) else None, "because": r}
              for s, v, r in zip(songs, scores, reasons, strict=True) if s]
     # orjson writes the same compact layout (keys in this order, no spaces) ~5x faster
-    return orjson.dumps({"user_id": user_id, "model_version": version, "updated_at": updated_at,
-                         "last_event": last_event, "items": items})
+    head: dict[str, Any] = {"user_id": user_id, "model_version": version, "updated_at": updated_at,
+                            "last_event": last_event}
+    if arm is not None:
+        head["arm"] = arm  # only while an A/B test runs
+    return orjson.dumps({**head, "items": items})
 
 
 _ITEMS = b'"items":['
@@ -150,6 +156,7 @@ class Recs:
     updated_at: float
     last_event: dict[str, Any] | None
     fallback: bool = False  # True when the user had no list and popularity was served
+    arm: str | None = None  # the A/B arm that wrote the list, while a test runs
 
     @property
     def song_ids(self) -> list[str]:
@@ -161,11 +168,11 @@ class Recs:
         obj = _loads_head(raw, k)
         items = obj["items"] if k is None else obj["items"][:k]
         return cls(obj.get("user_id"), items, obj["model_version"], obj["updated_at"], obj.get("last_event"),
-                   fallback)
+                   fallback, obj.get("arm"))
 
     def to_json(self) -> dict[str, Any]:
         return {"user_id": self.user_id, "model_version": self.model_version, "updated_at": self.updated_at,
-                "last_event": self.last_event, "fallback": self.fallback, "items": self.items}
+                "last_event": self.last_event, "fallback": self.fallback, "arm": self.arm, "items": self.items}
 
 
 class RecsWriter:
@@ -176,13 +183,13 @@ class RecsWriter:
         self.keys = keys
 
     def write(self, users: np.ndarray, recs: RecList, last_events: Sequence[dict[str, Any] | None] | None = None,
-              popular: RecList | None = None) -> float:
+              popular: RecList | None = None, arm: str | None = None) -> float:
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
         for i, user in enumerate(users):
             pipe.set(self.keys.recs(user), encode_value(
                 user, recs.song_ids[i], recs.scores[i], recs.reasons[i], recs.version, now,
-                None if last_events is None else last_events[i]))
+                None if last_events is None else last_events[i], arm))
         if popular is not None and len(popular):
             pipe.set(self.keys.popular(), encode_value(None, popular.song_ids[0], popular.scores[0],
                                                         popular.reasons[0], popular.version, now))

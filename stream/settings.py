@@ -38,7 +38,7 @@ class StreamConfig:
     k: int = setting(20, "MUSICREC_K", "Songs stored per user in Redis.")  # type: ignore[assignment]
     redis_namespace: str = setting("musicrec", "MUSICREC_REDIS_NAMESPACE", "Prefix of every Redis key this project writes.")  # type: ignore[assignment]
     data_dir: str = setting("musicrec-data", "MUSICREC_DATA_DIR", "Directory of the event log (Parquet segments read by DuckDB) and model versions.")  # type: ignore[assignment]
-    model_poll: float = setting(2.0, "MUSICREC_MODEL_POLL", "Seconds between a worker's checks for a newly published model version.")  # type: ignore[assignment]
+    model_poll: float = setting(2.0, "MUSICREC_MODEL_POLL", "Seconds between a worker's checks for a newly published model version or A/B test.")  # type: ignore[assignment]
     kafka_security_protocol: str = setting("PLAINTEXT", "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")  # type: ignore[assignment]
     kafka_sasl_mechanism: str = setting("", "KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.")  # type: ignore[assignment]
     kafka_sasl_username: str = setting("", "KAFKA_SASL_USERNAME", "SASL user name.")  # type: ignore[assignment]

@@ -157,9 +157,16 @@ def build_app(settings: Settings, processor: BatchProcessor) -> faust.App:
         loop = asyncio.get_running_loop()
         try:
             version = processor.published_version()
+            test = processor.wanted_test()
         except ServiceUnavailable as exc:
             log.warning("cannot check for a new model: %s", exc)
             return
+        if test is None and processor.ab is not None:
+            processor.stop_test()
+        elif test is not None and (processor.ab is None or processor.ab.test.salt != test.salt):
+            treatment = await loop.run_in_executor(None, processor.prepare_test, test)
+            if treatment is not None:
+                processor.start_test(test, treatment)
         if version is not None and version != processor.model.holder.version:
             # loading and checking happen in another thread, next to batches; the swap itself (one
             # reference under a lock) runs on the loop, between two batches

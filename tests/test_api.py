@@ -149,6 +149,14 @@ def test_the_index_follows_the_pointer_and_keeps_serving_through_a_bad_version(a
     overview = wait_for(lambda: client.get("/overview").json(), lambda o: o["model"]["published"] == newer, 10)
     assert overview["model"]["served"] == newer and overview["model"]["index_songs"] == 120
     assert "gate" in overview["model"]["metrics"], "the manifest's metrics of the published version"
+    assert overview["ab"] == {"running": False} and client.get("/ab").json() == {"running": False}
+    from stream.abtest import ABTest, start_test
+
+    test = ABTest.new(newer, 0.25)
+    start_test(redis, keys, test)
+    ab = client.get("/ab").json()  # no worker serves it here: the test, with empty arms
+    assert ab["running"] and ab["treatment"] == newer and ab["share"] == 0.25 and ab["salt"] == test.salt
+    assert ab["arms"]["treatment"]["served"] == 0 and ab["lift"] is None
 
 
 def test_user_events_from_the_log(api) -> None:  # type: ignore[no-untyped-def]

@@ -117,6 +117,7 @@ def test_scale_quick(services) -> None:  # type: ignore[no-untyped-def]
         assert 0 < f[name]["recall_at_10"] <= 1 and f[name]["qps_1thread"] > 0
     assert f["ivfpq"]["bytes_per_song"] < f["hnsw_reference"]["bytes_per_song"]
     assert f["redis_bytes_per_user"] >= f["value_json_bytes"] > 0
+    assert f["state_users"] == 2_000 and f["state_bytes_per_user"] > 32 * f["state_rows_per_user"] > 0
 
 
 @pytest.mark.slow

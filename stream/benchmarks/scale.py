@@ -3,6 +3,8 @@
 - IVF-PQ at 1M synthetic 64-d song vectors (the index that fits 10M songs in one worker's memory):
   build time, bytes per song, single-thread QPS and recall@10 against exact search, with and without
   an exact re-rank of the PQ shortlist, next to HNSW at the same size as the reference.
+- Online state per user (``HistoryStore``: decayed play/skip engagement per song) after folding in a
+  synthetic log in batches, traced with ``tracemalloc`` (numpy reports its buffers to it).
 - Redis memory of one user's stored list (``MEMORY USAGE`` of a real value, k=20), next to the raw
   JSON length as the reference.
 """
@@ -75,6 +77,30 @@ def _hnsw(songs: np.ndarray, users: np.ndarray, truth: np.ndarray) -> dict[str, 
             "bytes_per_song": 4 * songs.shape[1] + 8 * 2 * HNSW_M + 8}
 
 
+def _state_bytes(users: int, events_per_user: int) -> dict[str, float]:
+    """Bytes of online state per user, with ``events_per_user`` events each over 10x as many songs."""
+    import tracemalloc
+
+    from online_models.batch import EventBatch
+    from online_models.history import HistoryStore
+
+    rng = np.random.default_rng(0)
+    n = users * events_per_user
+    user_ids = np.array([f"user-{u:09d}" for u in rng.integers(0, users, n)], dtype=object)
+    song_ids = np.array([f"{s:022d}" for s in rng.zipf(1.3, n) % (10 * users)], dtype=object)
+    batch = EventBatch.from_columns(user_ids, song_ids, np.where(rng.random(n) < 0.15, "skip", "play").astype(object),
+                                    np.sort(rng.uniform(1.7e9, 1.7e9 + 86400 * 30, n)), None, None)
+    tracemalloc.start()
+    store = HistoryStore()
+    for start in range(0, n, 2000):
+        store.update(batch.take(slice(start, start + 2000)))
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rows = len(store.gather(store.users()))
+    return {"state_users": len(store.users()), "state_rows_per_user": rows / len(store.users()),
+            "state_bytes_per_user": current / len(store.users())}
+
+
 def _redis_value_bytes(k: int = 20) -> dict[str, float]:
     url = load_settings().stream.redis_url
     services = None if url else EmbeddedServices(kafka=False).start()
@@ -101,13 +127,16 @@ def run(console: Console, quick: bool) -> dict[str, Any]:
     truth = exact_top_k(songs, users)
     figures: dict[str, Any] = {"songs": n, "ivfpq": _ivfpq(songs, users, truth, refine=False),
                                "ivfpq_refine": _ivfpq(songs, users, truth, refine=True),
-                               "hnsw_reference": _hnsw(songs, users, truth), **_redis_value_bytes()}
+                               "hnsw_reference": _hnsw(songs, users, truth), **_redis_value_bytes(),
+                               **_state_bytes(2_000 if quick else 50_000, 20)}
     figures.update(finish_context(context))
     rows = [[name, f["build_s"], f["qps_1thread"], f["recall_at_10"], f["bytes_per_song"]]
             for name, f in (("IVF-PQ", figures["ivfpq"]), ("IVF-PQ + exact re-rank", figures["ivfpq_refine"]),
                             ("HNSW (reference)", figures["hnsw_reference"]))]
     print_table(console, f"scale: {n:,} songs, 64-d", ["index", "build s", "QPS (1 thread)", "recall@10",
                                                         "bytes/song"], rows,
-                caption=f"Redis: {figures['redis_bytes_per_user']} B per user list of {figures['k']} "
+                caption=f"online state: {figures['state_bytes_per_user']:,.0f} B per user "
+                        f"({figures['state_rows_per_user']:.1f} songs each); "
+                        f"Redis: {figures['redis_bytes_per_user']} B per user list of {figures['k']} "
                         f"(JSON {figures['value_json_bytes']} B); peak RSS {figures['peak_rss_mb']:.0f} MiB")
     return figures

@@ -97,6 +97,7 @@ function renderOverview(o) {
   text("index-songs", number(o.model.index_songs));
   text("updated", `updated ${new Date().toLocaleTimeString()}`);
   renderGate(o.model.metrics);
+  renderAB(o.ab || { running: false });
 
   if (o.report.prequential_png && !plotShown) {
     plotShown = true;
@@ -105,6 +106,16 @@ function renderOverview(o) {
     img.onerror = () => { plotShown = false; }; // e.g. replaced while being read: try on a later poll
     img.src = `/reports/prequential.png?t=${Date.now()}`;
   }
+}
+
+function renderAB(ab) {
+  if (!ab.running) { text("ab", ab.error ? `A/B: ${ab.error}` : "no A/B test running"); return; }
+  const arm = (name) => {
+    const a = ab.arms[name];
+    return `${name} ${(100 * a.hit_rate).toFixed(2)}% hits (${number(a.hits)} / ${number(a.plays)} plays)`;
+  };
+  text("ab", `A/B test: ${(100 * ab.share).toFixed(0)}% of users get ${ab.treatment} · ${arm("control")} · ` +
+             `${arm("treatment")}` + (ab.lift ? ` · lift ${ab.lift.toFixed(3)}` : ""));
 }
 
 function renderRecs(r) {
