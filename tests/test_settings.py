@@ -46,3 +46,22 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     text = README.read_text()
     missing = [env for _, _, env, _, _, _ in declared() if f"`{env}`" not in text]
     assert not missing, f"README lacks: {missing}"
+
+
+def test_every_kafka_client_gets_the_same_credentials() -> None:
+    from stream.catalog_feed import aiokafka_options
+    from stream.kafka_io import client_config
+    from stream.worker import faust_broker_options
+
+    cfg = load_settings(env={"KAFKA_BOOTSTRAP": "k1:9093,k2:9093", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                             "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                             "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD": "pw"}).stream
+    catalog, producer, faust = aiokafka_options(cfg), client_config(cfg), faust_broker_options(cfg)
+    assert catalog["bootstrap_servers"] == "k1:9093,k2:9093" and faust["broker"] == "kafka://k1:9093;kafka://k2:9093"
+    assert catalog["security_protocol"] == producer["security_protocol"] == "SASL_SSL"
+    assert catalog["sasl_mechanism"] == producer["sasl_mechanism"] == faust["broker_credentials"].mechanism.value
+    assert catalog["sasl_plain_username"] == producer["sasl_plain_username"] == "svc"
+    assert catalog["sasl_plain_password"] == producer["sasl_plain_password"] == "pw"
+    assert catalog["ssl_context"] is not None
+    plain = aiokafka_options(load_settings(env={"KAFKA_BOOTSTRAP": "k1:9092"}).stream)
+    assert plain == {"bootstrap_servers": "k1:9092", "security_protocol": "PLAINTEXT"}
