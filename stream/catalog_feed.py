@@ -23,6 +23,9 @@ from stream.settings import StreamConfig
 log = logging.getLogger("musicrec.catalog")
 
 RETRY_MAX_S = 10.0
+# a new song may take this long to reach the index; the events' 10 ms fetch wait would cost an idle
+# worker ~100 empty fetches a second here for nothing
+CATALOG_FETCH_WAIT_MS = 250
 
 
 def aiokafka_options(cfg: StreamConfig) -> dict[str, Any]:
@@ -44,7 +47,7 @@ async def follow_catalog(cfg: StreamConfig, handle: Callable[[list[Message]], Aw
     delay = 0.5
     while True:
         consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=max(1, int(cfg.fetch_max_wait * 1000)),
+                                    fetch_max_wait_ms=CATALOG_FETCH_WAIT_MS,
                                     **aiokafka_options(cfg))
         try:
             await consumer.start()

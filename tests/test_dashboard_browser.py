@@ -146,7 +146,8 @@ def test_dashboard_shows_a_users_new_recs_live(make_settings, start_worker, tmp_
             assert page.get_by_test_id("recs-updated").get_attribute("data-ts") != updated_before
             # the user's last events come from the event log, newest first
             expect(page.get_by_test_id("event").first).to_contain_text("s59")
-            expect(page.get_by_test_id("freshness-p50")).not_to_have_text("–")
+            # the API samples freshness from the stored values once a second: allow a few rounds under load
+            expect(page.get_by_test_id("freshness-p50")).not_to_have_text("–", timeout=15_000)
             expect(page.get_by_test_id("dlq")).to_have_text("0")
             # events/s comes from the worker's counters, published every 2 s
             expect(page.get_by_test_id("events-per-s")).not_to_have_text("0.0", timeout=10_000)
