@@ -198,10 +198,14 @@ class EventLog:
         if len(own) < min_segments:
             return 0
         own.sort()
-        table = pa.concat_tables([pq.read_table(p).cast(SCHEMA) for p in own])
         name = f"seg-{own[-1].name[4:24]}-w{_safe(writer)}-merged{len(own)}.parquet"
         tmp = self.root / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
+        # one segment in memory at a time, and the freed buffers handed back: this runs inside a
+        # long-lived worker, whose resident memory must not ratchet up with every merge
+        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as out:
+            for p in own:
+                out.write_table(pq.read_table(p).cast(SCHEMA))
+        pa.default_memory_pool().release_unused()
         os.replace(tmp, self.root / name)
         for p in own:
             if p.name != name:
