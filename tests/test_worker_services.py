@@ -145,8 +145,11 @@ def test_cli_errors_are_clear_not_tracebacks(make_settings, tmp_path: Path) -> N
 
 
 def test_up_prints_endpoints_and_stops_on_ctrl_c() -> None:
+    # a user's shell delivers Ctrl-C with SIGINT at its default; tests that ran before in this pytest
+    # process may leave it ignored, and an ignored signal is inherited by the child
     proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "up"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = [proc.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
     exports = dict(line.strip().removeprefix("export ").split("=", 1) for line in lines if "export" in line)
     assert exports["KAFKA_BOOTSTRAP"].startswith("127.0.0.1:")
