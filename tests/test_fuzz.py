@@ -14,22 +14,17 @@ import math
 import time
 from collections import Counter
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaProducer
 
 from index_manager.errors import InvalidEvent
-from offline.catalog import CatalogRows, CatalogStore
+from offline.catalog import CatalogStore
 from offline.eventlog import EventLog
-from offline.retrain import retrain_als
 from stream.events import MAX_MESSAGE_BYTES, parse_event, parse_events, parse_song
 from stream.kafka_io import client_config, ensure_topics, read_topic
 from stream.pipeline import REASON_HEADER, SOURCE_HEADER, TRUNCATED_HEADER
-from stream.publish import publish_version
-from stream.redis_store import RedisKeys, connect
-from tests.contract import synthetic_log
 from tests.fuzz import fuzz_corpus, messages, oracle
 
 NOW = 1_800_000_000.0
@@ -150,21 +145,13 @@ def test_ten_thousand_bad_messages_reach_the_dlq_and_every_good_one_the_log_once
 @pytest.mark.slow
 def test_catalog_messages_with_bad_features_are_refused_never_indexed(make_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
     from stream.events import Song, encode_song
+    from tests.streaming import publish_content_model
 
     settings = make_settings(factors=8)
     cfg = settings.stream
-    log = EventLog(cfg.log_dir)
-    log.append(synthetic_log())
-    rng = np.random.default_rng(0)
-    CatalogStore(cfg.catalog_dir).append(CatalogRows(
-        [f"s{i}" for i in range(120)], [f"t{i}" for i in range(120)], ["a"] * 120,
-        ["odd" if i % 2 else "even" for i in range(120)],
-        [{"x": float(rng.normal()), "y": float(rng.normal())} for i in range(120)]))
-    result = retrain_als(log, cfg.artifacts_dir, settings.model, catalog=CatalogStore(cfg.catalog_dir))
-    publish_version(connect(cfg.redis_url), RedisKeys(cfg.redis_namespace), result.version)
-    ensure_topics(cfg)
+    version = publish_content_model(settings)
     worker = start_worker(settings)
-    worker.wait(lambda s: s["version"] == result.version, 60, "model load")
+    worker.wait(lambda s: s["version"] == version, 60, "model load")
 
     def song(song_id: str, features: str) -> bytes:
         return (f'{{"song_id":"{song_id}","title":"t","artist":"a","genre":"odd","ts":{time.time()},'
