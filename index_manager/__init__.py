@@ -1,1 +1,1 @@
-"""FAISS song indexes, versioned model artifacts and the swap-by-reference holder."""
+"""FAISS song indexes, versioned model artifacts, the registry of published versions and the swap holder."""

@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from index_manager.errors import ArtifactError
-
 MANIFEST = "manifest.json"
 FORMAT = 1
 _VERSION_RE = re.compile(r"^\d{8}T\d{12}Z-[a-z0-9-]+$")
+
+
+class ArtifactError(Exception):
+    """A model version on disk is missing, half-written, corrupt or fails its checksum."""
 
 
 @dataclass

@@ -8,10 +8,14 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from index_manager.errors import IndexFailure
 from index_manager.keys import song_keys
 
 IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
+
+
+class IndexFailure(Exception):
+    """FAISS refused an operation (wrong dimension, bad ids, unsupported removal...)."""
+
 
 # Exact search costs O(songs) per query (one thread scores ~1e8 64-d songs/s), so past ~20k songs
 # a Flat index drops below the 5k single-thread QPS target, while HNSW keeps recall@10 >= 0.95 far
@@ -90,6 +94,17 @@ def _check_vectors(vectors: np.ndarray, dim: int | None, what: str) -> np.ndarra
     if not np.isfinite(out).all():
         raise ValueError(f"{what} contain NaN or infinite values")
     return out
+
+
+def exact_top(q: np.ndarray, factors: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k: the same answer as FAISS's flat scan, which spends its time in
+    heap updates once k is large (the worker asks for k + what each user already heard)."""
+    scores = q @ factors.T
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    rows = np.take_along_axis(part, order, axis=1)
+    return keys[rows], np.take_along_axis(top, order, axis=1)
 
 
 class SongIndex:
@@ -217,7 +232,7 @@ class SongIndex:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
         kk = min(k, len(self._keys))
         if self.kind == "flat" and kk >= FLAT_NUMPY_MIN_K:
-            keys, scores = self._exact_numpy(q, kk)
+            keys, scores = exact_top(q, self._factors, self._keys, kk)
         else:
             scores, keys = self._index.search(q, kk)
         if keys.shape[1] < k:
@@ -227,29 +242,19 @@ class SongIndex:
         scores = np.where(keys >= 0, scores, -np.inf).astype(np.float32)
         return keys, scores
 
-    def _exact_numpy(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact inner-product top-k: the same answer as FAISS's flat scan, which spends its time in
-        heap updates once k is large (the worker asks for k + what each user already heard)."""
-        scores = q @ self._factors.T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        rows = np.take_along_axis(part, order, axis=1)
-        return self._keys[rows], np.take_along_axis(top, order, axis=1)
-
     def to_bytes(self) -> bytes:
         return bytes(faiss.serialize_index(self._index))
 
-    @classmethod
-    def from_parts(cls, names: np.ndarray, factors: np.ndarray, index_bytes: bytes | None) -> SongIndex:
-        """Rebuild from stored parts; the stored FAISS index is used as-is when given."""
-        if index_bytes is None:
-            return cls(names, factors)
-        try:
-            index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
-        except RuntimeError as exc:
-            raise IndexFailure(f"stored FAISS index cannot be read: {exc}") from exc
-        inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-        kind: IndexKind = ("hnsw" if isinstance(inner, faiss.IndexHNSW)
-                           else "ivf" if isinstance(inner, faiss.IndexIVF) else "flat")
-        return cls(names, factors, kind=kind, faiss_index=index)
+
+def from_parts(names: np.ndarray, factors: np.ndarray, index_bytes: bytes | None) -> SongIndex:
+    """Rebuild from stored parts; the stored FAISS index is used as-is when given."""
+    if index_bytes is None:
+        return SongIndex(names, factors)
+    try:
+        index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
+    except RuntimeError as exc:
+        raise IndexFailure(f"stored FAISS index cannot be read: {exc}") from exc
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    kind: IndexKind = ("hnsw" if isinstance(inner, faiss.IndexHNSW)
+                       else "ivf" if isinstance(inner, faiss.IndexIVF) else "flat")
+    return SongIndex(names, factors, kind=kind, faiss_index=index)

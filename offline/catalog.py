@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from index_manager.errors import BadInputFile
+from offline.eventfile import BadInputFile
 
 SCHEMA = pa.schema([("song_id", pa.string()), ("title", pa.string()), ("artist", pa.string()),
                     ("genre", pa.string()), ("features", pa.string()), ("ts", pa.float64()),

@@ -4,28 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from online_models.config import setting
+from online_models.config import check_ranges, setting
+from online_models.ncf_config import BACKENDS
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = setting("als", "MUSICREC_MODEL", "Model a retrain trains: als or ncf.")  # type: ignore[assignment]
-    backend: str = setting("torch", "MUSICREC_NCF_BACKEND", "NeuMF backend: torch or mlx (mlx[cpu] runs on Linux).")  # type: ignore[assignment]
-    gate_tolerance: float = setting(0.005, "MUSICREC_GATE_TOLERANCE", "A candidate is published unless its HR@10 is below the served version's by more than this (absolute).")  # type: ignore[assignment]
-    gate_users: int = setting(5000, "MUSICREC_GATE_USERS", "Held-out users the gate evaluates (a seeded sample when there are more).")  # type: ignore[assignment]
-    window_days: float = setting(0.0, "MUSICREC_TRAIN_WINDOW_DAYS", "Train on the last N days of the log only; 0 = all of it.")  # type: ignore[assignment]
-    threads: int = setting(0, "MUSICREC_TRAIN_THREADS", "Threads of the ALS factorisation in a retrain; 0 = all cores (the worker processes keep one).")  # type: ignore[assignment]
-    every: str = setting("", "MUSICREC_RETRAIN_EVERY", "Scheduler period for `musicrec retrain --every` (e.g. 30m, 1h, 1d); empty = run once.")  # type: ignore[assignment]
+    model: str = setting("als", "MUSICREC_MODEL", "Model a retrain trains: als or ncf.", choices=("als", "ncf"))
+    backend: str = setting("torch", "MUSICREC_NCF_BACKEND", "NeuMF backend: torch or mlx (mlx[cpu] runs on Linux).", choices=BACKENDS)
+    gate_tolerance: float = setting(0.005, "MUSICREC_GATE_TOLERANCE", "A candidate is published unless its HR@10 is below the served version's by more than this (absolute).", ge=0)
+    gate_users: int = setting(5000, "MUSICREC_GATE_USERS", "Held-out users the gate evaluates (a seeded sample when there are more).", gt=0)
+    window_days: float = setting(0.0, "MUSICREC_TRAIN_WINDOW_DAYS", "Train on the last N days of the log only; 0 = all of it.", ge=0)
+    threads: int = setting(0, "MUSICREC_TRAIN_THREADS", "Threads of the ALS factorisation in a retrain; 0 = all cores (the worker processes keep one).", ge=0)
+    every: str = setting("", "MUSICREC_RETRAIN_EVERY", "Scheduler period for `musicrec retrain --every` (e.g. 30m, 1h, 1d); empty = run once.")
 
     def __post_init__(self) -> None:
-        if self.model not in ("als", "ncf"):
-            raise ValueError(f"MUSICREC_MODEL must be als or ncf, got {self.model!r}")
-        if self.backend not in ("torch", "mlx"):
-            raise ValueError(f"MUSICREC_NCF_BACKEND must be torch or mlx, got {self.backend!r}")
-        if self.threads < 0:
-            raise ValueError("MUSICREC_TRAIN_THREADS must be >= 0")
-        if self.gate_tolerance < 0 or self.gate_users <= 0 or self.window_days < 0:
-            raise ValueError("gate_tolerance and window_days must be >= 0, gate_users > 0")
+        check_ranges(self)
         if self.every:
             parse_period(self.every)
 

@@ -3,7 +3,7 @@
 Why segments and not one ``.duckdb`` file: DuckDB lets one process open a database file for writing
 and then no other process may even read it, but the worker writes while retrain jobs read. Each
 append writes one segment under a temporary name and renames it into place, so readers never see
-a partial file; ``compact`` merges small segments. Reads deduplicate by ``event_id``, so an event
+a partial file; ``offline.compaction`` merges small segments. Reads deduplicate by ``event_id``, so an event
 redelivered by Kafka after a crash is counted once.
 """
 
@@ -18,39 +18,13 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from index_manager.errors import BadInputFile
+from offline.event_table import arrow_to_batch, batch_to_arrow
+from offline.eventfile import BadInputFile, read_event_file
 from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
 from online_models.interactions import Interactions
-
-SCHEMA = pa.schema([
-    ("user_id", pa.string()), ("song_id", pa.string()), ("event", pa.string()), ("ts", pa.float64()),
-    ("ms_played", pa.int64()), ("event_id", pa.string()), ("ingested_at", pa.float64()),
-])
-
-
-def batch_to_arrow(batch: EventBatch, ingested_at: float | None = None) -> pa.Table:
-    ms = batch.ms_played
-    return pa.table({
-        "user_id": pa.array(batch.user_ids.tolist(), pa.string()),
-        "song_id": pa.array(batch.song_ids.tolist(), pa.string()),
-        "event": pa.array(batch.event_names().tolist(), pa.string()),
-        "ts": pa.array(batch.ts, pa.float64()),
-        "ms_played": pa.array(np.nan_to_num(ms).astype(np.int64), pa.int64(), mask=np.isnan(ms)),
-        "event_id": pa.array(batch.event_ids.tolist(), pa.string()),
-        "ingested_at": pa.array(np.full(len(batch), time.time() if ingested_at is None else ingested_at)),
-    }, schema=SCHEMA)
-
-
-def arrow_to_batch(table: pa.Table) -> EventBatch:
-    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-    ms = table.column("ms_played").to_numpy(zero_copy_only=False).astype(np.float64) \
-        if "ms_played" in cols else None
-    return EventBatch.from_columns(cols["user_id"], cols["song_id"], cols.get("event"), cols["ts"], ms,
-                                   cols.get("event_id"))
 
 
 @dataclass(frozen=True)
@@ -79,7 +53,7 @@ class EventLog:
         if len(batch) == 0:
             return None
         self.root.mkdir(parents=True, exist_ok=True)
-        tag = f"w{_safe(writer)}" if writer else uuid.uuid4().hex[:8]
+        tag = f"w{safe_writer(writer)}" if writer else uuid.uuid4().hex[:8]
         name = f"seg-{time.time_ns():020d}-{tag}-{uuid.uuid4().hex[:6]}.parquet"
         tmp = self.root / f".{name}.tmp"
         pq.write_table(batch_to_arrow(batch), tmp, compression="zstd")
@@ -189,51 +163,8 @@ class EventLog:
                                f"GROUP BY song_id ORDER BY n DESC, song_id LIMIT {int(limit)}").fetchall()
         return np.array([r[0] for r in rows], dtype=object), np.array([r[1] for r in rows], dtype=np.float64)
 
-    def compact_own(self, writer: str, min_segments: int = 256, small_bytes: int = 16 << 20) -> int:
-        """Merge this writer's small segments (one per micro-batch) into one, so the log stays a
-        few files per hour instead of one per batch; returns how many were merged. Readers
-        deduplicate, so a crash between writing the merged file and removing the parts is harmless."""
-        own = [p for p in self.root.glob(f"seg-*-w{_safe(writer)}-*.parquet")
-               if p.stat().st_size < small_bytes] if self.root.is_dir() else []
-        if len(own) < min_segments:
-            return 0
-        own.sort()
-        name = f"seg-{own[-1].name[4:24]}-w{_safe(writer)}-merged{len(own)}.parquet"
-        tmp = self.root / f".{name}.tmp"
-        # one segment in memory at a time, and the freed buffers handed back: this runs inside a
-        # long-lived worker, whose resident memory must not ratchet up with every merge
-        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as out:
-            for p in own:
-                out.write_table(pq.read_table(p).cast(SCHEMA))
-        pa.default_memory_pool().release_unused()
-        os.replace(tmp, self.root / name)
-        for p in own:
-            if p.name != name:
-                p.unlink(missing_ok=True)
-        return len(own)
-
-    def compact(self, min_segments: int = 32) -> int:
-        """Merge all current segments into one (deduplicated); returns how many were merged.
-        A crash between writing the merged file and deleting the old ones leaves duplicates that
-        reads deduplicate anyway."""
-        segs = self.segments()
-        if len(segs) < min_segments:
-            return 0
-        with closing(self.connect()) as con:
-            table = con.sql("SELECT user_id, song_id, event, ts, ms_played, event_id, ingested_at "
-                                "FROM events ORDER BY ts").to_arrow_table()
-        name = f"seg-{time.time_ns():020d}-compacted.parquet"
-        tmp = self.root / f".{name}.tmp"
-        pq.write_table(table.cast(SCHEMA), tmp, compression="zstd")
-        os.replace(tmp, self.root / name)
-        for p in segs:
-            p.unlink(missing_ok=True)
-        return len(segs)
-
     def import_file(self, path: str | Path, skip_bad: bool = False) -> tuple[int, int]:
         """Append a generic event file; returns (events added, bad rows skipped)."""
-        from offline.eventfile import read_event_file
-
         batch, skipped = read_event_file(path, skip_bad=skip_bad)
         if len(batch) == 0:
             raise BadInputFile(f"{path}: no valid events")
@@ -241,7 +172,7 @@ class EventLog:
         return len(batch), skipped
 
 
-def _safe(writer: str) -> str:
+def safe_writer(writer: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in writer)[:64]
 
 

@@ -14,8 +14,7 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from index_manager.errors import BadInputFile
-from offline.eventfile import write_event_file
+from offline.eventfile import BadInputFile, write_event_file
 from online_models.batch import EventBatch
 
 SPOTIFY_FEATURES = ("danceability", "energy", "key", "loudness", "mode", "speechiness", "acousticness",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -176,7 +176,3 @@ def plot_series(result: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def with_overrides(config: OnlineConfig, **overrides: Any) -> OnlineConfig:
-    return replace(config, **overrides)

@@ -21,7 +21,8 @@ from offline.gate import Decision, decide, make_slice, version_metrics
 from online_models.als import train_als
 from online_models.config import OnlineConfig
 from online_models.content import attach_projection
-from online_models.ncf import NCFConfig, train_ncf
+from online_models.ncf_config import NCFConfig
+from online_models.ncf_train import train_ncf
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,2 @@
-"""Pure, in-memory recommender maths on batches. Never imports Kafka or Redis."""
-
-from online_models.base import RecList, Recommender
-from online_models.batch import PLAY, SKIP, EventBatch
-from online_models.config import OnlineConfig
-from online_models.online import OnlineALS
-
-__all__ = ["PLAY", "SKIP", "EventBatch", "OnlineALS", "OnlineConfig", "RecList", "Recommender"]
+"""Pure, in-memory recommender maths on batches: the ``Recommender`` contract (``online_models.base``),
+the online state and its scoring, the models and their training. Never imports Kafka or Redis."""

@@ -2,18 +2,26 @@
 
 ``fit`` learns from a whole log, ``partial_fit`` from the next micro-batch of events (the Faust
 worker and the prequential replay call exactly this), and ``recommend`` answers for an array of
-users at once. Results for a batch of users must equal the results for each user asked alone
-(``tests/contract.py`` checks this for every implementation).
+users at once. Results for a batch of users must equal the results for each user asked alone.
+Models with song vectors also answer :class:`SimilarSongs`. ``tests/unit/test_contract.py`` finds
+every subclass of :class:`Recommender` by itself and runs the contract on each.
+
+The worker calls this contract plus one documented serving extension of ``OnlineALS`` (``serve``:
+lists with their reasons and the popularity fallback, all from one model version).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from online_models.batch import EventBatch
+
+# the longest list any reader, writer or evaluation asks for
+MAX_K = 500
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,32 @@ class Recommender(ABC):
     def recommend(self, user_ids: np.ndarray, k: int = 10) -> RecList:
         """Top-``k`` songs for each user in ``user_ids`` (unknown users get a cold-start list)."""
 
+    # what the contract test builds and checks (river's estimator checks do the same)
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, Any]:
+        """Constructor arguments of a small instance that trains in a second."""
+        return {}
 
-def check_request(user_ids: object, k: int) -> np.ndarray:
-    """Validate a recommend() request at the public entry point."""
+    @classmethod
+    def _unit_test_skips(cls) -> frozenset[str]:
+        """Contract checks that do not apply to this model, by name."""
+        return frozenset()
+
+
+@runtime_checkable
+class SimilarSongs(Protocol):
+    """Songs close to songs, from a model's song vectors."""
+
+    def similar(self, song_ids: np.ndarray, k: int = 10) -> RecList:
+        """One row per song of ``song_ids``: the ``k`` nearest other songs by cosine, best first.
+        A song the model does not know gets a row of padding; ``version`` names the model version."""
+
+
+def check_request(user_ids: object, k: int, what: str = "user_ids") -> np.ndarray:
+    """Validate a recommend() (or similar()) request at the public entry point."""
     users = np.asarray(user_ids, dtype=object)
     if users.ndim != 1:
-        raise ValueError(f"user_ids must be a 1-d array, got shape {users.shape}")
-    if not isinstance(k, int | np.integer) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise ValueError(f"{what} must be a 1-d array, got shape {users.shape}")
+    if not isinstance(k, int | np.integer) or not 0 < k <= MAX_K:
+        raise ValueError(f"k must be an integer within 1..{MAX_K}, got {k!r}")
     return users

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from online_models.als import train_als
@@ -45,6 +47,10 @@ class PopularityRecommender(Recommender):
         self.config = config or OnlineConfig()
         self.reset()
 
+    @classmethod
+    def _unit_test_skips(cls) -> frozenset[str]:
+        return frozenset({"finds_the_users_cluster"})  # the same list for everyone, by design
+
     def reset(self) -> None:
         self.counts = DecayedCounts(self.config.popularity_half_life_days)
         self.seen = _SeenFilter(self.config)
@@ -80,6 +86,10 @@ class StaticALS(Recommender):
         self.seen = _SeenFilter(self.config)
         self.model: ServingModel | None = None
         self.frozen_popular: tuple[np.ndarray, np.ndarray] = (np.empty(0, np.int64), np.empty(0))
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, Any]:
+        return {"config": OnlineConfig(factors=8, iterations=8)}
 
     def fit(self, events: EventBatch) -> None:
         events = events.sorted_by_time()
@@ -120,6 +130,12 @@ class StaticALS(Recommender):
         names = self.model.index.names_of(keys)
         return RecList(names, scores, np.full(keys.shape, None, dtype=object), "static")
 
+    def similar(self, song_ids: np.ndarray, k: int = 10) -> RecList:
+        songs = check_request(song_ids, k, "song_ids")
+        if self.model is None:
+            raise ValueError("fit() first")
+        return self.model.similar(songs, k, depth=self.config.candidates)
+
 
 class PeriodicRetrain(Recommender):
     """The online model, plus a full retrain on everything seen every ``every`` events."""
@@ -135,6 +151,10 @@ class PeriodicRetrain(Recommender):
         self._log: list[EventBatch] = []
         self._since = 0
         self.retrains = 0
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, Any]:
+        return {"config": OnlineConfig(factors=8, iterations=8), "every": 200}
 
     def fit(self, events: EventBatch) -> None:
         self._log = [events]
@@ -155,3 +175,6 @@ class PeriodicRetrain(Recommender):
 
     def recommend(self, user_ids: np.ndarray, k: int = 10) -> RecList:
         return self.online.recommend(user_ids, k)
+
+    def similar(self, song_ids: np.ndarray, k: int = 10) -> RecList:
+        return self.online.similar(song_ids, k)

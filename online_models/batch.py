@@ -12,7 +12,6 @@ from index_manager.keys import song_keys
 PLAY: int = 1
 SKIP: int = -1
 KIND_OF = {"play": PLAY, "skip": SKIP}
-NAME_OF = {PLAY: "play", SKIP: "skip"}
 
 
 def _as_str_array(values: object, name: str) -> np.ndarray:

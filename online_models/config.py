@@ -1,50 +1,70 @@
-"""Hyper-parameters of the online recommender, each declared once (type, default, env var, doc).
+"""Hyper-parameters of the online recommender, and the ``setting`` declaration every config uses.
 
+Each setting is declared once: type, default, environment variable, doc and its allowed range
+(``gt``/``ge``/``lt``/``le``/``choices``), checked by :func:`check_ranges` from the declaration.
 ``stream.settings`` reads these declarations to load values from the environment or a TOML file;
-this package itself never reads the environment. Defaults are conventional values from the ALS/iALS
-literature and product rules (a play counts fully after 30 s), not figures fitted to a data file.
+this package itself never reads the environment. Defaults are conventional values from the
+ALS/iALS literature and product rules (a play counts fully after 30 s), not figures fitted to a file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
-def setting(default: object, env: str, doc: str) -> object:
-    """A dataclass field carrying its environment variable and documentation."""
-    return field(default=default, metadata={"env": env, "doc": doc})
+def setting(default: T, env: str, doc: str, *, gt: float | None = None, ge: float | None = None,
+            lt: float | None = None, le: float | None = None, choices: Sequence[str] | None = None) -> T:
+    """A dataclass field carrying its environment variable, documentation and allowed range."""
+    bounds = {name: v for name, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
+    return field(default=default, metadata={"env": env, "doc": doc, "bounds": bounds,
+                                            "choices": tuple(choices) if choices else None})
+
+
+_RULES = {"gt": (lambda v, b: v > b, "> {}"), "ge": (lambda v, b: v >= b, ">= {}"),
+          "lt": (lambda v, b: v < b, "< {}"), "le": (lambda v, b: v <= b, "<= {}")}
+
+
+def _one_of(choices: Sequence[str]) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
+
+
+def check_ranges(config: Any) -> None:
+    """Raise ValueError, naming the environment variable, for the first value outside its declared range."""
+    for f in fields(config):
+        value, env = getattr(config, f.name), f.metadata.get("env", f.name)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"{env} must be {_one_of(choices)}, got {value!r}")
+        for rule, bound in f.metadata.get("bounds", {}).items():
+            holds, wanted = _RULES[rule]
+            if not holds(value, bound):
+                raise ValueError(f"{env} must be {'positive' if (rule, bound) == ('gt', 0) else wanted.format(bound)}, "
+                                 f"got {value!r}")
 
 
 @dataclass(frozen=True)
 class OnlineConfig:
-    factors: int = setting(64, "MUSICREC_FACTORS", "Latent factors of ALS / width of the retrieval space.")  # type: ignore[assignment]
-    regularization: float = setting(0.05, "MUSICREC_REGULARIZATION", "L2 regularisation of ALS training and of the online fold-in.")  # type: ignore[assignment]
-    alpha: float = setting(10.0, "MUSICREC_ALPHA", "Confidence scale: c = 1 + alpha * decayed engagement.")  # type: ignore[assignment]
-    iterations: int = setting(15, "MUSICREC_ALS_ITERATIONS", "ALS training sweeps.")  # type: ignore[assignment]
-    half_life_days: float = setting(90.0, "MUSICREC_HALF_LIFE_DAYS", "Half-life of a user's engagement with a song (recency decay); 0 disables decay.")  # type: ignore[assignment]
-    skip_weight: float = setting(1.0, "MUSICREC_SKIP_WEIGHT", "Negative engagement added by one skip (a full play adds 1).")  # type: ignore[assignment]
-    full_play_ms: float = setting(30000.0, "MUSICREC_FULL_PLAY_MS", "ms_played at which a play counts fully; shorter plays count proportionally.")  # type: ignore[assignment]
-    max_history: int = setting(500, "MUSICREC_MAX_HISTORY", "Songs kept per user in online state (the weakest are dropped).")  # type: ignore[assignment]
-    relisten: bool = setting(False, "MUSICREC_RELISTEN", "Allow songs the user already played back into their recommendations.")  # type: ignore[assignment]
-    popularity_half_life_days: float = setting(30.0, "MUSICREC_POPULARITY_HALF_LIFE_DAYS", "Half-life of song popularity counts used for cold start.")  # type: ignore[assignment]
-    cold_start_events: float = setting(5.0, "MUSICREC_COLD_START_EVENTS", "History size at which collaborative scores and popularity weigh equally.")  # type: ignore[assignment]
-    candidates: int = setting(100, "MUSICREC_CANDIDATES", "Extra songs fetched from the index per user to make room for filtering out what they heard (100: equal recall to 200 on the early Last.fm window, 40% faster).")  # type: ignore[assignment]
-    foldin_cg_steps: int = setting(3, "MUSICREC_FOLDIN_CG_STEPS", "Conjugate-gradient steps when re-solving a user from their cached vector; 0 = always the exact solve.")  # type: ignore[assignment]
-    vector_cache: int = setting(200_000, "MUSICREC_VECTOR_CACHE", "Users whose folded-in vectors are kept between batches (LRU).")  # type: ignore[assignment]
-    new_song_norm_quantile: float = setting(0.9, "MUSICREC_NEW_SONG_NORM_QUANTILE", "Exposure policy for songs nobody has played yet: their content vector gets this quantile of trained songs' vector norms.")  # type: ignore[assignment]
-    diversity: float = setting(0.0, "MUSICREC_DIVERSITY", "MMR trade-off in [0, 1): 0 ranks by relevance only; higher values penalise songs similar to ones already in the list.")  # type: ignore[assignment]
-    seed: int = setting(0, "MUSICREC_SEED", "Random seed for training.")  # type: ignore[assignment]
+    factors: int = setting(64, "MUSICREC_FACTORS", "Latent factors of ALS / width of the retrieval space.", gt=0)
+    regularization: float = setting(0.05, "MUSICREC_REGULARIZATION", "L2 regularisation of ALS training and of the online fold-in.", ge=0)
+    alpha: float = setting(10.0, "MUSICREC_ALPHA", "Confidence scale: c = 1 + alpha * decayed engagement.", ge=0)
+    iterations: int = setting(15, "MUSICREC_ALS_ITERATIONS", "ALS training sweeps.", gt=0)
+    half_life_days: float = setting(90.0, "MUSICREC_HALF_LIFE_DAYS", "Half-life of a user's engagement with a song (recency decay); 0 disables decay.", ge=0)
+    skip_weight: float = setting(1.0, "MUSICREC_SKIP_WEIGHT", "Negative engagement added by one skip (a full play adds 1).", ge=0)
+    full_play_ms: float = setting(30000.0, "MUSICREC_FULL_PLAY_MS", "ms_played at which a play counts fully; shorter plays count proportionally.", gt=0)
+    max_history: int = setting(500, "MUSICREC_MAX_HISTORY", "Songs kept per user in online state (the weakest are dropped).", gt=0)
+    relisten: bool = setting(False, "MUSICREC_RELISTEN", "Allow songs the user already played back into their recommendations.")
+    popularity_half_life_days: float = setting(30.0, "MUSICREC_POPULARITY_HALF_LIFE_DAYS", "Half-life of song popularity counts used for cold start.", ge=0)
+    cold_start_events: float = setting(5.0, "MUSICREC_COLD_START_EVENTS", "History size at which collaborative scores and popularity weigh equally.", ge=0)
+    candidates: int = setting(100, "MUSICREC_CANDIDATES", "Extra songs fetched from the index per user to make room for filtering out what they heard (100: equal recall to 200 on the early Last.fm window, 40% faster).", gt=0)
+    foldin_cg_steps: int = setting(3, "MUSICREC_FOLDIN_CG_STEPS", "Conjugate-gradient steps when re-solving a user from their cached vector; 0 = always the exact solve.", ge=0)
+    vector_cache: int = setting(200_000, "MUSICREC_VECTOR_CACHE", "Users whose folded-in vectors are kept between batches (LRU).", ge=0)
+    new_song_norm_quantile: float = setting(0.9, "MUSICREC_NEW_SONG_NORM_QUANTILE", "Exposure policy for songs nobody has played yet: their content vector gets this quantile of trained songs' vector norms.", ge=0, le=1)
+    diversity: float = setting(0.0, "MUSICREC_DIVERSITY", "MMR trade-off in [0, 1): 0 ranks by relevance only; higher values penalise songs similar to ones already in the list.", ge=0, lt=1)
+    seed: int = setting(0, "MUSICREC_SEED", "Random seed for training.")
 
     def __post_init__(self) -> None:
-        if self.factors <= 0 or self.iterations <= 0 or self.max_history <= 0 or self.candidates <= 0:
-            raise ValueError("factors, iterations, max_history and candidates must be positive")
-        if self.regularization < 0 or self.alpha < 0 or self.skip_weight < 0 or self.full_play_ms <= 0:
-            raise ValueError("regularization, alpha and skip_weight must be >= 0, full_play_ms > 0")
-        if not 0.0 <= self.diversity < 1.0:
-            raise ValueError("diversity must be within [0, 1)")
-        if not 0.0 <= self.new_song_norm_quantile <= 1.0:
-            raise ValueError("new_song_norm_quantile must be within [0, 1]")
-        if self.foldin_cg_steps < 0 or self.vector_cache < 0:
-            raise ValueError("foldin_cg_steps and vector_cache must be >= 0")
-        if self.half_life_days < 0 or self.popularity_half_life_days < 0 or self.cold_start_events < 0:
-            raise ValueError("half-lives and cold_start_events must be >= 0")
+        check_ranges(self)

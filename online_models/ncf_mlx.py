@@ -17,7 +17,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from online_models.ncf import NCFConfig, check_weights
+from online_models.ncf_config import NCFConfig
+from online_models.ncf_weights import check_weights
 
 
 class _NeuMF(nn.Module):

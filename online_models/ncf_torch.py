@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from online_models.ncf import NCFConfig, check_weights
+from online_models.ncf_config import NCFConfig
+from online_models.ncf_weights import check_weights
 
 
 class _NeuMF(nn.Module):

@@ -16,9 +16,12 @@ from typing import Any
 
 import redis
 
-from index_manager.errors import ConfigError
+from index_manager.artifacts import read_manifest
 from online_models.abtest import combine
-from stream.redis_store import RedisKeys, as_text, translate_errors
+from stream.errors import ConfigError
+from stream.redis_store import RedisKeys, as_text, connect, translate_errors, version_registry
+from stream.settings import Settings
+from stream.worker.stats import read_stats
 
 
 @dataclass(frozen=True)
@@ -77,3 +80,33 @@ def results(test: ABTest | None, worker_stats: list[dict[str, Any]]) -> dict[str
     return {"running": True, **asdict(test), "control": sorted(control), "arms": arms,
             "lift": arms["treatment"]["hit_rate"] / arms["control"]["hit_rate"]
             if arms["control"]["hit_rate"] else None}
+
+
+def begin(settings: Settings, version: str, share: float, horizon: int) -> ABTest:
+    """``musicrec ab start``: a new test of ``version``; refused while another one runs."""
+    cfg = settings.stream
+    read_manifest(cfg.artifacts_dir, version)  # a clear error now rather than a refusal in every worker
+    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    running = current_test(client, keys)
+    if running is not None:
+        raise ConfigError(f"an A/B test of {running.treatment} is running; `musicrec ab stop` it first")
+    test = ABTest.new(version, share, horizon)
+    start_test(client, keys, test)
+    return test
+
+
+def report(settings: Settings) -> dict[str, Any]:
+    """``musicrec ab status``: the running test and its arms' figures, summed over the workers."""
+    cfg = settings.stream
+    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    return results(current_test(client, keys), read_stats(client, keys))
+
+
+def end(settings: Settings, promote: bool) -> ABTest | None:
+    """``musicrec ab stop``: end the test (None if none runs); ``promote`` publishes its treatment."""
+    cfg = settings.stream
+    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    test = stop_test(client, keys)
+    if test is not None and promote:
+        version_registry(client, keys, cfg.artifacts_dir).publish(test.treatment, {"promoted_from_ab_test": test.salt})
+    return test

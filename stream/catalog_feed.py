@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stream.pipeline import Message
+from stream.kafka_config import aiokafka_options
 from stream.settings import StreamConfig
+from stream.worker.messages import Message
 
 log = logging.getLogger("musicrec.catalog")
 
@@ -26,17 +25,6 @@ RETRY_MAX_S = 10.0
 # a new song may take this long to reach the index; the events' 10 ms fetch wait would cost an idle
 # worker ~100 empty fetches a second here for nothing
 CATALOG_FETCH_WAIT_MS = 250
-
-
-def aiokafka_options(cfg: StreamConfig) -> dict[str, Any]:
-    """Connection settings for a plain aiokafka client, from the same settings kafka-python uses."""
-    opts: dict[str, Any] = {"bootstrap_servers": cfg.kafka_bootstrap, "security_protocol": cfg.kafka_security_protocol}
-    if cfg.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        opts["ssl_context"] = ssl.create_default_context(cafile=cfg.kafka_ssl_cafile or None)
-    if cfg.kafka_security_protocol.startswith("SASL"):
-        opts.update(sasl_mechanism=cfg.kafka_sasl_mechanism or "PLAIN", sasl_plain_username=cfg.kafka_sasl_username,
-                    sasl_plain_password=cfg.kafka_sasl_password)
-    return opts
 
 
 async def follow_catalog(cfg: StreamConfig, handle: Callable[[list[Message]], Awaitable[None]],

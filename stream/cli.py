@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -15,7 +13,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from index_manager.errors import BadInputFile, MusicrecError
 from stream.settings import Settings, declared, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -30,8 +27,22 @@ err = Console(stderr=True)
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Overrides MUSICREC_DATA_DIR.")]
 
 
-def _settings(**overrides: Any) -> Settings:
-    return load_settings({k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})
+def _settings(flags: dict[str, Any] | None = None) -> Settings:
+    """Settings with the command's flags applied, keyed "section.field" (unset flags are None)."""
+    return load_settings({k: (str(v) if isinstance(v, Path) else v) for k, v in (flags or {}).items()})
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Every error the project raises on purpose (a message for the user, not a bug); each module
+    that raises one is loaded by the time it is raised."""
+    from index_manager.artifacts import ArtifactError
+    from index_manager.holder import NoModel
+    from index_manager.song_index import IndexFailure
+    from offline.eventfile import BadInputFile
+    from stream.errors import ConfigError, ServiceUnavailable
+    from stream.events import InvalidEvent
+
+    return ConfigError, ServiceUnavailable, InvalidEvent, BadInputFile, ArtifactError, IndexFailure, NoModel
 
 
 def progress_bar() -> Progress:
@@ -43,23 +54,13 @@ def progress_bar() -> Progress:
 def up(kafka_port: Annotated[int, typer.Option(help="Fixed broker port (default: a free one).")] = 0,
        redis_port: Annotated[int, typer.Option(help="Fixed Redis port (default: a free one).")] = 0) -> None:
     """Start an embedded Kafka broker (Tansu) and redis-server on loopback; Ctrl-C stops both."""
-    from stream.services import EmbeddedServices
+    from stream.services import EmbeddedServices, wait_for_stop
 
     with EmbeddedServices(kafka_port, redis_port) as services:
         console.print("[green]Embedded services are up (loopback only, in-memory).[/] Use them with:")
         console.print(f"export KAFKA_BOOTSTRAP={services.kafka_bootstrap}")
         console.print(f"export REDIS_URL={services.redis_url}")
-        stop = {"now": False}
-
-        def _stop(*_: object) -> None:
-            stop["now"] = True
-
-        signal.signal(signal.SIGTERM, _stop)
-        try:
-            while not stop["now"]:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+        wait_for_stop()
         console.print("stopping embedded services")
 
 
@@ -67,29 +68,11 @@ def up(kafka_port: Annotated[int, typer.Option(help="Fixed broker port (default:
 def worker(data_dir: DataDir = None,
            loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn") -> None:
     """Consume events in micro-batches, learn online, write every touched user's list to Redis."""
-    from stream.kafka_io import ensure_topics
-    from stream.pipeline import BatchProcessor
-    from stream.redis_store import connect
-    from stream.worker import run_worker
+    from stream.worker.start import LOG_LEVELS, start_worker
 
-    settings = _settings(data_dir=data_dir)
-    cfg = settings.stream
-    levels = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
-              "debug": logging.DEBUG}
-    if loglevel not in levels:
-        raise typer.BadParameter(f"--loglevel must be one of {', '.join(levels)}")
-    logging.basicConfig(level=levels[loglevel], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
-    ensure_topics(cfg)
-    processor = BatchProcessor(settings, connect(cfg.redis_url))
-    n = processor.restore()
-    version = processor.published_version()
-    if version is not None:
-        processor.try_swap(version)
-    written = processor.refresh_active()
-    err.print(f"worker {processor.worker_id}: restored {n} events from {cfg.log_dir}, model "
-              f"{processor.model.holder.version or 'none (popularity)'}, refreshed {written} users")
-    run_worker(settings, processor, loglevel=loglevel)
+    if loglevel not in LOG_LEVELS:
+        raise typer.BadParameter(f"--loglevel must be one of {', '.join(LOG_LEVELS)}")
+    start_worker(_settings({"stream.data_dir": data_dir}), loglevel=loglevel)
 
 
 @import_app.command("lastfm-hetrec")
@@ -124,7 +107,7 @@ def import_events_cmd(file: Annotated[Path, typer.Argument(help="generic event f
     """Append a generic event file to the event log (bulk history, no Kafka)."""
     from offline.eventlog import EventLog
 
-    settings = _settings(data_dir=data_dir)
+    settings = _settings({"stream.data_dir": data_dir})
     added, skipped = EventLog(settings.stream.log_dir).import_file(file, skip_bad=skip_bad)
     console.print(f"appended {added} events to {settings.stream.log_dir}" +
                   (f" (skipped {skipped} bad rows)" if skipped else ""))
@@ -136,7 +119,7 @@ def import_catalog_cmd(file: Annotated[Path, typer.Argument(help="catalog file (
     """Append a catalog file to the catalog store (the retrain job fits the new-song projection on it)."""
     from offline.catalog import CatalogStore
 
-    settings = _settings(data_dir=data_dir)
+    settings = _settings({"stream.data_dir": data_dir})
     n = CatalogStore(settings.stream.catalog_dir).import_file(file)
     console.print(f"appended {n} songs to {settings.stream.catalog_dir}")
 
@@ -180,7 +163,8 @@ def retrain(model: Annotated[str | None, typer.Option(help="als or ncf (default 
     from offline.config import parse_period
     from stream.scheduler import run_retrain, run_scheduled
 
-    settings = _settings(data_dir=data_dir, model=model, backend=backend, every=every)
+    settings = _settings({"stream.data_dir": data_dir, "train.model": model, "train.backend": backend,
+                          "train.every": every})
     if settings.train.every:
         run_scheduled(settings, parse_period(settings.train.every), until=until, publish=publish, console=console)
     else:
@@ -220,19 +204,17 @@ def status(check: Annotated[bool, typer.Option(help="health check: exit 1 unless
     """Workers' counters and the published model version."""
     import socket
 
-    from stream.redis_store import RedisKeys, as_text, connect
+    from stream.redis_store import RedisKeys, connect, version_registry
+    from stream.worker.stats import read_stats
 
     cfg = _settings().stream
-    client = connect(cfg.redis_url)
-    keys = RedisKeys(cfg.redis_namespace)
-    workers = [json.loads(raw) for key in sorted(client.scan_iter(keys.stats_pattern()))
-               if (raw := client.get(key)) is not None]
+    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    workers = read_stats(client, keys)
     if check:
         mine = [w for w in workers if w["worker"].startswith(socket.gethostname() + "-")
                 and time.time() - w["updated_at"] < 30]
         raise typer.Exit(0 if mine else 1)
-    pointer = client.get(keys.model_pointer())
-    console.print(f"published model: {as_text(pointer) if pointer else 'none'}")
+    console.print(f"published model: {version_registry(client, keys, cfg.artifacts_dir).published() or 'none'}")
     table = Table(title="workers")
     for col in ("worker", "version", "events", "refused (DLQ)", "users", "last batch ms", "catalog lag ms", "age s"):
         table.add_column(col)
@@ -249,33 +231,20 @@ def ab_start(version: Annotated[str, typer.Argument(help="model version for the 
              horizon: Annotated[int, typer.Option(help="plays after a served list that count towards its hits")] = 10,
              ) -> None:
     """Serve VERSION to a stable share of users, the published version to the rest."""
-    from index_manager.artifacts import read_manifest
-    from stream.abtest import ABTest, current_test, start_test
-    from stream.redis_store import RedisKeys, connect
+    from stream.abtest import begin
 
-    cfg = _settings().stream
-    read_manifest(cfg.artifacts_dir, version)  # a clear error now rather than a refusal in every worker
-    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
-    running = current_test(client, keys)
-    if running is not None:
-        err.print(f"an A/B test of {running.treatment} is running; `musicrec ab stop` it first")
-        raise typer.Exit(1)
-    test = ABTest.new(version, share, horizon)
-    start_test(client, keys, test)
+    settings = _settings()
+    test = begin(settings, version, share, horizon)
     console.print(f"A/B test started: {share:.0%} of users get {version} (split {test.salt}); "
-                  f"workers pick it up within {cfg.model_poll:g}s")
+                  f"workers pick it up within {settings.stream.model_poll:g}s")
 
 
 @ab_app.command("status")
 def ab_status(as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False) -> None:
     """The running test and each arm's hits, summed over the workers."""
-    from stream.abtest import current_test, results
-    from stream.demo import worker_stats
-    from stream.redis_store import RedisKeys, connect
+    from stream.abtest import report as ab_report
 
-    cfg = _settings().stream
-    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
-    report = results(current_test(client, keys), worker_stats(client, keys))
+    report = ab_report(_settings())
     if as_json:
         console.print_json(json.dumps(report))
         return
@@ -298,18 +267,13 @@ def ab_status(as_json: Annotated[bool, typer.Option("--json", help="print the fi
 def ab_stop(promote: Annotated[bool, typer.Option(help="publish the treatment version for everyone")] = False,
             ) -> None:
     """End the test; every user goes back to the published version (or the treatment's, with --promote)."""
-    from stream.abtest import stop_test
-    from stream.publish import publish_version
-    from stream.redis_store import RedisKeys, connect
+    from stream.abtest import end
 
-    cfg = _settings().stream
-    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
-    test = stop_test(client, keys)
+    test = end(_settings(), promote)
     if test is None:
         err.print("no A/B test is running")
         raise typer.Exit(1)
     if promote:
-        publish_version(client, keys, test.treatment, {"promoted_from_ab_test": test.salt})
         console.print(f"A/B test stopped; {test.treatment} published for every user")
     else:
         console.print("A/B test stopped; every user gets the published version again")
@@ -329,18 +293,20 @@ def evaluate(file: Annotated[Path, typer.Argument(help="generic event file (.csv
     """Evaluate models on an event file: leave-last-out (99 sampled negatives + full catalog) or
     prequential (test-then-learn replay through the online code)."""
     from offline.evaluate import evaluate_file
+    from offline.eventfile import BadInputFile
+    from online_models.base import MAX_K
 
     if not 0.0 < train_fraction < 1.0:
         raise typer.BadParameter("--train-fraction must be in (0, 1)")
-    if not 0 < k <= 500:
-        raise typer.BadParameter("--k must be in 1..500")
+    if not 0 < k <= MAX_K:
+        raise typer.BadParameter(f"--k must be in 1..{MAX_K}")
     if protocol not in ("loo", "prequential"):
         raise typer.BadParameter(f"--protocol must be loo or prequential, got {protocol!r}")
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     try:
         result = evaluate_file(file, protocol, names, k, train_fraction, console, plot=plot, skip_bad=skip_bad,
                            tune=tune, config=_settings().model)
-    except MusicrecError:
+    except _user_errors():
         raise
     except ValueError as exc:  # the data cannot support the protocol (too few users, songs, events)
         raise BadInputFile(f"{file}: {exc}") from exc
@@ -355,7 +321,7 @@ def bench(name: Annotated[str, typer.Argument(help="benchmark name (see benchmar
           json_out: Annotated[Path | None, typer.Option("--json", help="write the figures as JSON")] = None,
           quick: Annotated[bool, typer.Option(help="smaller sizes, for a smoke run")] = False) -> None:
     """Run a benchmark: prints a table of figures, each next to a reference measured in the same run."""
-    from stream.benchmarks import run_benchmark
+    from benchmarks import run_benchmark
 
     try:
         run_benchmark(name, json_out, console, quick=quick)
@@ -367,7 +333,7 @@ def bench(name: Annotated[str, typer.Argument(help="benchmark name (see benchmar
 def api(host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="port")] = 8080) -> None:
     """Serve the read API (recs, similar songs, health, Prometheus metrics) and the live dashboard."""
-    from stream.api import serve
+    from stream.api.app import serve
 
     serve(_settings(), host=host, port=port)
 
@@ -389,9 +355,9 @@ def show_config(markdown: Annotated[bool, typer.Option(help="print the README's 
         if "PASSWORD" in env and current:
             shown = "***"
         elif env == "REDIS_URL":
-            from stream.redis_store import _redacted
+            from stream.redis_store import redacted
 
-            shown = _redacted(str(current))
+            shown = redacted(str(current))
         else:
             shown = str(current)
         table.add_row(env, str(default), shown, doc)
@@ -431,7 +397,9 @@ def main() -> None:
     limits = limit_threads()
     try:
         app()
-    except MusicrecError as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         # soft_wrap keeps "file:line: reason" on one line; markup=False keeps brackets in messages literal
         err.print("error:", str(exc), style="red", soft_wrap=True, markup=False, highlight=False)
         sys.exit(2)

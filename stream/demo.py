@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -12,24 +11,23 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from index_manager.errors import ServiceUnavailable
 from offline.eventfile import read_event_file
 from offline.eventlog import EventLog
 from offline.importers import import_lastfm
 from offline.retrain import retrain_als
 from online_models.batch import EventBatch
+from stream.errors import ServiceUnavailable
 from stream.kafka_io import EventProducer, ensure_topics
-from stream.publish import publish_version
-from stream.redis_store import RecsClient, RedisKeys, connect
+from stream.redis_store import RecsClient, RedisKeys, connect, version_registry
 from stream.replay import replay
-from stream.settings import Settings, load_settings, with_endpoints
+from stream.settings import Settings, load_settings, to_env, with_endpoints
+from stream.worker.stats import read_stats
 
 
 @contextlib.contextmanager
@@ -50,24 +48,10 @@ def endpoints(settings: Settings, console: Console) -> Iterator[tuple[str, str]]
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    cfg = settings.stream
-    env = dict(os.environ, KAFKA_BOOTSTRAP=cfg.kafka_bootstrap, REDIS_URL=cfg.redis_url,
-               MUSICREC_DATA_DIR=str(cfg.data_dir), MUSICREC_SESSION_TIMEOUT=str(cfg.session_timeout),
-               MUSICREC_APP_ID=cfg.app_id, MUSICREC_REDIS_NAMESPACE=cfg.redis_namespace,
-               MUSICREC_EVENTS_TOPIC=cfg.events_topic, MUSICREC_DLQ_TOPIC=cfg.dlq_topic,
-               MUSICREC_SONGS_TOPIC=cfg.songs_topic)
+    """``musicrec worker`` in a child process, with exactly these settings."""
     with open(log_path, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
-def worker_stats(client: Any, keys: RedisKeys) -> list[dict[str, Any]]:
-    out = []
-    for key in client.scan_iter(keys.stats_pattern()):
-        raw = client.get(key)
-        if raw is not None:
-            out.append(json.loads(raw))
-    return out
+        return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"],
+                                env=dict(os.environ, **to_env(settings)), stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
@@ -126,7 +110,7 @@ def run_demo(data_dir: Path, rate: float = 3000.0, train_fraction: float = 0.8, 
             result = retrain_als(log, cfg.artifacts_dir, settings.model)
             redis = connect(redis_url)
             keys = RedisKeys(cfg.redis_namespace)
-            publish_version(redis, keys, result.version)
+            version_registry(redis, keys, cfg.artifacts_dir).publish(result.version)
             console.print(f"version {result.version}: {result.artifact.trained_on['n_users']} users x "
                           f"{result.artifact.trained_on['n_songs']} artists, {result.seconds:.1f}s")
 
@@ -135,7 +119,7 @@ def run_demo(data_dir: Path, rate: float = 3000.0, train_fraction: float = 0.8, 
             log_path = Path(tmp) / "worker.log"
             proc = start_worker(settings, log_path)
             try:
-                wait_for(lambda: any(s.get("version") == result.version for s in worker_stats(redis, keys)),
+                wait_for(lambda: any(s.get("version") == result.version for s in read_stats(redis, keys)),
                          120, "the worker to load the model", proc, log_path)
                 client = RecsClient(redis_url, cfg.redis_namespace, client=redis)
                 chosen = pick_users(train, rest, show_users)
@@ -145,7 +129,7 @@ def run_demo(data_dir: Path, rate: float = 3000.0, train_fraction: float = 0.8, 
                 with EventProducer(cfg) as producer:
                     sent = replay(producer, rest, rate).sent
                 t_sent = time.perf_counter()
-                wait_for(lambda: sum(s.get("events", 0) for s in worker_stats(redis, keys)) >= sent,
+                wait_for(lambda: sum(s.get("events", 0) for s in read_stats(redis, keys)) >= sent,
                          180, "the worker to process the replay", proc, log_path)
                 drain_s = time.perf_counter() - t_sent
 
@@ -164,14 +148,14 @@ def run_demo(data_dir: Path, rate: float = 3000.0, train_fraction: float = 0.8, 
                     console.print(table)
                 touched = np.unique(rest.user_ids)
                 values = client.get_many(list(touched), 1)
-                fresh = np.array([v.updated_at - v.last_event["produced_at"] for v in values
-                                  if v is not None and v.last_event], dtype=np.float64) * 1000
-                figures = {"events": float(sent), "users": float(len(fresh)),
-                           "fresh_p50_ms": float(np.percentile(fresh, 50)),
-                           "fresh_p99_ms": float(np.percentile(fresh, 99)),
+                freshness = np.array([v.updated_at - v.last_event["produced_at"] for v in values
+                                      if v is not None and v.last_event], dtype=np.float64) * 1000
+                figures = {"events": float(sent), "users": float(len(freshness)),
+                           "freshness_p50_ms": float(np.percentile(freshness, 50)),
+                           "freshness_p99_ms": float(np.percentile(freshness, 99)),
                            "drain_s": drain_s, "total_s": time.perf_counter() - t_start}
-                console.print(f"event -> Redis freshness over the last event of {len(fresh)} users: "
-                              f"p50 {figures['fresh_p50_ms']:.0f} ms, p99 {figures['fresh_p99_ms']:.0f} ms "
+                console.print(f"event -> Redis freshness over the last event of {len(freshness)} users: "
+                              f"p50 {figures['freshness_p50_ms']:.0f} ms, p99 {figures['freshness_p99_ms']:.0f} ms "
                               f"(replayed at {rate:.0f} events/s)")
             finally:
                 stop_process(proc)

@@ -22,16 +22,19 @@ from typing import Any
 import numpy as np
 import orjson
 
-from index_manager.errors import InvalidEvent
 from online_models.batch import KIND_OF, EventBatch
+from online_models.event_rules import MAX_ID_CHARS, finite, id_problem, ms_played_problem, text_problem, ts_problem
 
 MAX_MESSAGE_BYTES = 64 * 1024
-MAX_ID_CHARS = 256
-MAX_FUTURE_S = 86400.0
-MAX_MS_PLAYED = 24 * 3600 * 1000
 MAX_FEATURES = 256
-# Unicode's control characters (category Cc): C0, DEL and C1 (U+0080..U+009F, e.g. NEL and CSI)
-_CONTROL = {chr(c) for c in range(32)} | {"\x7f"} | {chr(c) for c in range(0x80, 0xA0)}
+
+
+class InvalidEvent(ValueError):
+    """A listening or catalog event does not satisfy the contract; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _reject_constant(name: str) -> Any:
@@ -39,48 +42,25 @@ def _reject_constant(name: str) -> Any:
 
 
 def check_id(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidEvent(f"{name} must be a string, got {type(value).__name__}")
-    if not value or value.strip() == "":
-        raise InvalidEvent(f"{name} is empty")
-    if len(value) > MAX_ID_CHARS:
-        raise InvalidEvent(f"{name} is longer than {MAX_ID_CHARS} characters")
-    if not _CONTROL.isdisjoint(value):
-        raise InvalidEvent(f"{name} contains control characters")
-    _check_unicode(value, name)
+    problem = id_problem(value, name)
+    if problem is not None:
+        raise InvalidEvent(problem)
     return value
 
 
-def _check_unicode(value: str, name: str) -> None:
-    # valid JSON may escape a lone UTF-16 surrogate ("\ud800"): not a character, and neither the
-    # Parquet log nor a Redis key can store it (it used to crash the worker's batch)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidEvent(f"{name} contains a lone surrogate (\\u{ord(value[exc.start]):04x})") from exc
-
-
-def _finite(value: Any) -> float | None:
-    """The value as a finite float, or None (bools, non-numbers, NaN, infinities, huge integers)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        f = float(value)
-    except OverflowError:  # an integer literal beyond float range
-        return None
-    return f if math.isfinite(f) else None
+def _check_text(value: str, name: str) -> None:
+    problem = text_problem(value, name)
+    if problem is not None:
+        raise InvalidEvent(problem)
 
 
 def _check_ts(value: Any, now: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidEvent(f"ts must be a number (unix seconds), got {type(value).__name__}")
-    ts = _finite(value)
-    if ts is None:
-        raise InvalidEvent("ts is not finite")
-    if ts < 0:
-        raise InvalidEvent("ts is negative")
-    if ts > now + MAX_FUTURE_S:
-        raise InvalidEvent("ts is more than a day in the future")
+    ts = finite(value)
+    problem = ts_problem(ts, now)
+    if problem is not None or ts is None:  # ts_problem names a missing ts itself
+        raise InvalidEvent(str(problem))
     return ts
 
 
@@ -136,11 +116,10 @@ def validate_event(obj: dict[str, Any], key: bytes | None = None, now: float | N
     ts = _check_ts(obj["ts"], now)
     ms = obj.get("ms_played")
     if ms is not None:
-        ms = _finite(ms)
-        if ms is None:
-            raise InvalidEvent("ms_played must be an integer or null")
-        if ms < 0 or ms > MAX_MS_PLAYED:
-            raise InvalidEvent(f"ms_played must be within 0..{MAX_MS_PLAYED}")
+        ms = finite(ms)
+        problem = ms_played_problem(ms)
+        if problem is not None:
+            raise InvalidEvent(problem)
     event_id = obj.get("event_id")
     if event_id is not None:
         event_id = check_id(event_id, "event_id")
@@ -236,13 +215,13 @@ def parse_song(raw: bytes, key: bytes | None = None, now: float | None = None) -
         raise InvalidEvent("title and artist must be strings")
     if len(title) > 4 * MAX_ID_CHARS or len(artist) > 4 * MAX_ID_CHARS:
         raise InvalidEvent("title or artist is too long")
-    _check_unicode(title, "title")
-    _check_unicode(artist, "artist")
+    _check_text(title, "title")
+    _check_text(artist, "artist")
     genre = obj.get("genre")
     if genre is not None and not isinstance(genre, str):
         raise InvalidEvent("genre must be a string or absent")
     if genre is not None:
-        _check_unicode(genre, "genre")
+        _check_text(genre, "genre")
     feats = obj.get("features") or {}
     if not isinstance(feats, dict):
         raise InvalidEvent("features must be an object of name -> number")
@@ -250,10 +229,10 @@ def parse_song(raw: bytes, key: bytes | None = None, now: float | None = None) -
         raise InvalidEvent(f"more than {MAX_FEATURES} features")
     clean: dict[str, float] = {}
     for name, value in feats.items():
-        number = _finite(value)
+        number = finite(value)
         if number is None:
             raise InvalidEvent(f"feature {str(name)[:40]!r} must be a finite number")
-        _check_unicode(name, "a feature name")
+        _check_text(name, "a feature name")
         clean[str(name)] = number
     ts = _check_ts(obj.get("ts", now), now)
     if key is not None and key != song.encode("utf-8"):

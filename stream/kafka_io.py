@@ -1,16 +1,15 @@
-"""kafka-python at the edge: client settings, topic creation, a validating producer, an assign() reader.
+"""kafka-python at the edge: topic creation, a validating producer, an assign() reader.
 
 kafka-python is used for producing and for plain reads with ``assign()`` (its *group* consumer hangs
-against Tansu); group consumption is Faust's job (``stream.worker``). Library exceptions become
-``ServiceUnavailable`` here.
+against Tansu); group consumption is Faust's job (``stream.worker``). Client settings come from
+``stream.kafka_config``; library exceptions become ``ServiceUnavailable`` here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +17,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from index_manager.errors import ConfigError, ServiceUnavailable
 from online_models.batch import EventBatch
+from stream.errors import ServiceUnavailable
 from stream.events import Song, encode_batch, encode_song
+from stream.kafka_config import bootstrap_timeout, client_config
 from stream.settings import StreamConfig
 
 # Connecting at start-up: kafka-python waits up to 30 s per bootstrap by default, so six attempts
@@ -28,69 +28,6 @@ from stream.settings import StreamConfig
 CONNECT_ATTEMPTS = 4
 CONNECT_FIRST_DELAY_S = 0.5
 CONNECT_TIMEOUT_S = 3.0
-
-
-class _RedactSecrets(logging.Filter):
-    """kafka-python logs its whole configuration at DEBUG (``KafkaAdminClient``), SASL password
-    included. This filter masks secret-named entries and any registered secret value."""
-
-    KEYS = ("sasl_plain_password", "ssl_password", "sasl_oauth_token_provider")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def _clean(self, value: Any) -> Any:
-        if isinstance(value, Mapping) and any(k in value for k in self.KEYS):
-            return {k: ("***" if k in self.KEYS and v else v) for k, v in value.items()}
-        return value
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, Mapping):
-            record.args = self._clean(record.args)
-        elif isinstance(record.args, tuple):
-            record.args = tuple(self._clean(a) for a in record.args)
-        if self.secrets:
-            try:
-                text = record.getMessage()
-            except (TypeError, ValueError):  # a malformed record: logging reports it itself
-                return True
-            if any(secret in text for secret in self.secrets):
-                for secret in self.secrets:
-                    text = text.replace(secret, "***")
-                record.msg, record.args = text, ()
-        return True
-
-
-_REDACT = _RedactSecrets()
-# a logger's filters do not apply to its children's records: every kafka-python module logger gets it
-# (they all exist once ``kafka`` is imported above)
-for _name, _logger in list(logging.root.manager.loggerDict.items()):
-    if (_name == "kafka" or _name.startswith("kafka.")) and isinstance(_logger, logging.Logger):
-        _logger.addFilter(_REDACT)
-
-
-def _bootstrap_timeout(client: type, seconds: float) -> dict[str, Any]:
-    """Bound one bootstrap attempt (kafka-python >= 3; older versions have no such option)."""
-    return {"bootstrap_timeout_ms": int(seconds * 1000)} if "bootstrap_timeout_ms" in getattr(
-        client, "DEFAULT_CONFIG", {}) else {}
-
-
-def client_config(cfg: StreamConfig) -> dict[str, Any]:
-    """Connection settings shared by every kafka-python client (security passes straight through)."""
-    if not cfg.kafka_bootstrap:
-        raise ConfigError("KAFKA_BOOTSTRAP is not set (or run `musicrec up` and export what it prints)")
-    conf: dict[str, Any] = {"bootstrap_servers": cfg.kafka_bootstrap.split(","),
-                            "security_protocol": cfg.kafka_security_protocol}
-    if cfg.kafka_security_protocol.startswith("SASL"):
-        conf.update(sasl_mechanism=cfg.kafka_sasl_mechanism or "PLAIN",
-                    sasl_plain_username=cfg.kafka_sasl_username,
-                    sasl_plain_password=cfg.kafka_sasl_password)
-        if cfg.kafka_sasl_password:
-            _REDACT.secrets.add(cfg.kafka_sasl_password)
-    if cfg.kafka_ssl_cafile:
-        conf["ssl_cafile"] = cfg.kafka_ssl_cafile
-    return conf
 
 
 def with_retries(what: str, fn: Any, attempts: int = CONNECT_ATTEMPTS, first_delay: float = CONNECT_FIRST_DELAY_S
@@ -120,7 +57,7 @@ def ensure_topics(cfg: StreamConfig, attempts: int = CONNECT_ATTEMPTS, first_del
 
     def create() -> None:
         admin = KafkaAdminClient(**client_config(cfg), request_timeout_ms=10000,
-                                 **_bootstrap_timeout(KafkaAdminClient, connect_timeout))
+                                 **bootstrap_timeout(KafkaAdminClient, connect_timeout))
         try:
             existing = set(admin.list_topics())
             missing = [t for t in wanted if t.name not in existing]

@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -26,10 +28,10 @@ import orjson
 import redis
 from redis.exceptions import RedisError
 
-from index_manager.errors import ConfigError, ServiceUnavailable
-from online_models.base import RecList
+from index_manager.registry import VersionRegistry
+from online_models.base import MAX_K, RecList
+from stream.errors import ConfigError, ServiceUnavailable
 
-MAX_K = 500
 _UNRESERVED = re.compile(r"[A-Za-z0-9\-_.~@]*")  # exactly what quote(safe="-_.~@") leaves alone
 
 
@@ -85,11 +87,36 @@ def connect(url: str, timeout: float = 2.0) -> redis.Redis:
     except ValueError as exc:
         raise ConfigError(f"REDIS_URL is not a valid Redis URL ({exc})") from exc
     except RedisError as exc:
-        raise ServiceUnavailable(f"Redis at {_redacted(url)} is unreachable ({exc})") from exc
+        raise ServiceUnavailable(f"Redis at {redacted(url)} is unreachable ({exc})") from exc
     return client
 
 
-def _redacted(url: str) -> str:
+class LazyRedis:
+    """One redis-py client, connected on first use: a reader (the API) must start, and answer 503,
+    while Redis is down rather than refuse to start. redis-py reconnects by itself after that."""
+
+    def __init__(self, url: str) -> None:
+        if not url:
+            raise ConfigError("REDIS_URL is not set (or run `musicrec up` and export what it prints)")
+        self.url = url
+        self._client: redis.Redis | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> redis.Redis:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = connect(self.url)
+                client = self._client
+        return client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def redacted(url: str) -> str:
     if "@" not in url:
         return url
     scheme, _, rest = url.partition("://")
@@ -233,7 +260,42 @@ class RecsClient:
                 out.append(None)
         return out
 
-    def current_version(self) -> str | None:
+
+class RedisPointer:
+    """The version registry's pointer and history in Redis (``index_manager.registry.PointerStore``):
+    ``<ns>:model:current``, ``<ns>:model:history`` (a list, newest first), and a message on
+    ``<ns>:model:published`` for whoever subscribes."""
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def read(self) -> str | None:
         with translate_errors("reading the model pointer"):
             raw = self.client.get(self.keys.model_pointer())
         return None if raw is None else as_text(raw)
+
+    def publish(self, version: str, record: str, keep: int) -> None:
+        with translate_errors("publishing a model version"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(self.keys.model_pointer(), version)
+            pipe.lpush(self.keys.model_history(), record)
+            pipe.ltrim(self.keys.model_history(), 0, keep - 1)
+            pipe.publish(self.keys.model_channel(), version)
+            pipe.execute()
+
+    def record(self, record: str, keep: int) -> None:
+        with translate_errors("recording a model version"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.lpush(self.keys.model_history(), record)
+            pipe.ltrim(self.keys.model_history(), 0, keep - 1)
+            pipe.execute()
+
+    def history(self, n: int) -> list[str]:
+        with translate_errors("reading the model history"):
+            return [as_text(r) for r in self.client.lrange(self.keys.model_history(), 0, n - 1)]
+
+
+def version_registry(client: redis.Redis, keys: RedisKeys, artifacts_dir: str | Path) -> VersionRegistry:
+    """The one registry of model versions, with its pointer in Redis."""
+    return VersionRegistry(artifacts_dir, RedisPointer(client, keys))

@@ -15,12 +15,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from index_manager.errors import ServiceUnavailable
+from stream.errors import ServiceUnavailable
 
 LOOPBACK = "127.0.0.1"
 
@@ -83,7 +84,6 @@ class EmbeddedServices:
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._kafka: subprocess.Popen[bytes] | None = None
         self._redis: subprocess.Popen[bytes] | None = None
 
     @property
@@ -107,10 +107,9 @@ class EmbeddedServices:
 
     def start_kafka(self) -> None:
         url = f"tcp://{LOOPBACK}:{self.kafka_port}"
-        self._kafka = self._spawn([str(tansu_binary()), "broker", "--listener-url", url,
-                                   "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                                  "tansu.log")
-        wait_for_port(self.kafka_port, self._kafka, "the embedded Kafka broker (tansu)")
+        kafka = self._spawn([str(tansu_binary()), "broker", "--listener-url", url,
+                             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"], "tansu.log")
+        wait_for_port(self.kafka_port, kafka, "the embedded Kafka broker (tansu)")
 
     def start_redis(self) -> None:
         """Start (or, after ``stop_redis``, restart) redis-server on the same port."""
@@ -134,12 +133,6 @@ class EmbeddedServices:
             raise
         return self
 
-    def stop_kafka(self) -> None:
-        """Stop only the broker (tests use this to simulate an outage)."""
-        if self._kafka is not None:
-            self._terminate(self._kafka)
-            self._kafka = None
-
     def stop_redis(self) -> None:
         if self._redis is not None:
             self._terminate(self._redis)
@@ -159,7 +152,7 @@ class EmbeddedServices:
         for proc in reversed(self._procs):
             self._terminate(proc)
         self._procs.clear()
-        self._kafka = self._redis = None
+        self._redis = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -170,3 +163,14 @@ class EmbeddedServices:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def wait_for_stop() -> None:
+    """Block until Ctrl-C or SIGTERM (``musicrec up``)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass

@@ -1,7 +1,9 @@
 """Every setting, declared once: type, default, environment variable and doc.
 
 Values resolve, highest first: explicit overrides (CLI flags) > environment > TOML config file
-(``MUSICREC_CONFIG`` or ``./musicrec.toml``; one table per section) > declared default. Model
+(``MUSICREC_CONFIG`` or ``./musicrec.toml``) > declared default. Each config class is a section
+with its own namespace: a table ``[stream]``, ``[model]``, ``[train]`` or ``[ncf]`` in TOML, a
+``"section.field"`` key in overrides (a bare field name only where one section has it). Model
 hyper-parameters are declared next to the code that uses them (``online_models.config``) and only
 collected here. Nothing is read at import time: call :func:`load_settings`.
 """
@@ -16,43 +18,38 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from index_manager.errors import ConfigError
 from offline.config import TrainConfig
-from online_models.config import OnlineConfig, setting
-from online_models.ncf import NCFConfig
+from online_models.base import MAX_K
+from online_models.config import OnlineConfig, check_ranges, setting
+from online_models.ncf_config import NCFConfig
+from stream.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class StreamConfig:
-    kafka_bootstrap: str = setting("", "KAFKA_BOOTSTRAP", "Kafka bootstrap servers (host:port,...). Empty: commands that can start an embedded broker do so.")  # type: ignore[assignment]
-    redis_url: str = setting("", "REDIS_URL", "Redis URL (redis:// or rediss://, may carry user:password). Empty: embedded redis-server where allowed.")  # type: ignore[assignment]
-    events_topic: str = setting("music.events", "MUSICREC_EVENTS_TOPIC", "Topic of listening events (key = user_id).")  # type: ignore[assignment]
-    songs_topic: str = setting("music.songs", "MUSICREC_SONGS_TOPIC", "Topic of the song catalog (key = song_id).")  # type: ignore[assignment]
-    dlq_topic: str = setting("music.events.dlq", "MUSICREC_DLQ_TOPIC", "Dead-letter topic: original bytes of refused messages, reason in headers.")  # type: ignore[assignment]
-    partitions: int = setting(8, "MUSICREC_PARTITIONS", "Partitions of the events topic when this tool creates it.")  # type: ignore[assignment]
-    app_id: str = setting("musicrec", "MUSICREC_APP_ID", "Faust application id = Kafka consumer group of the workers.")  # type: ignore[assignment]
-    batch_size: int = setting(2000, "MUSICREC_BATCH_SIZE", "Maximum events per micro-batch in the worker.")  # type: ignore[assignment]
-    batch_within: float = setting(0.02, "MUSICREC_BATCH_WITHIN", "Seconds the worker waits to fill a micro-batch (a full batch goes at once; this bounds the wait of a quiet stream).")  # type: ignore[assignment]
-    fetch_max_wait: float = setting(0.01, "MUSICREC_FETCH_MAX_WAIT", "Seconds a consumer fetch may wait for data; Faust fixes 1.5 s, and a broker that waits out the whole period (the embedded Tansu does) adds up to that to every event's freshness.")  # type: ignore[assignment]
-    session_timeout: float = setting(10.0, "MUSICREC_SESSION_TIMEOUT", "Kafka consumer session timeout (s); a dead worker's partitions move after this.")  # type: ignore[assignment]
-    k: int = setting(20, "MUSICREC_K", "Songs stored per user in Redis.")  # type: ignore[assignment]
-    redis_namespace: str = setting("musicrec", "MUSICREC_REDIS_NAMESPACE", "Prefix of every Redis key this project writes.")  # type: ignore[assignment]
-    data_dir: str = setting("musicrec-data", "MUSICREC_DATA_DIR", "Directory of the event log (Parquet segments read by DuckDB) and model versions.")  # type: ignore[assignment]
-    model_poll: float = setting(2.0, "MUSICREC_MODEL_POLL", "Seconds between a worker's checks for a newly published model version or A/B test.")  # type: ignore[assignment]
-    kafka_security_protocol: str = setting("PLAINTEXT", "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")  # type: ignore[assignment]
-    kafka_sasl_mechanism: str = setting("", "KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.")  # type: ignore[assignment]
-    kafka_sasl_username: str = setting("", "KAFKA_SASL_USERNAME", "SASL user name.")  # type: ignore[assignment]
-    kafka_sasl_password: str = setting("", "KAFKA_SASL_PASSWORD", "SASL password (never logged).")  # type: ignore[assignment]
-    kafka_ssl_cafile: str = setting("", "KAFKA_SSL_CAFILE", "CA bundle to verify the brokers' TLS certificates.")  # type: ignore[assignment]
+    kafka_bootstrap: str = setting("", "KAFKA_BOOTSTRAP", "Kafka bootstrap servers (host:port,...). Empty: commands that can start an embedded broker do so.")
+    redis_url: str = setting("", "REDIS_URL", "Redis URL (redis:// or rediss://, may carry user:password). Empty: embedded redis-server where allowed.")
+    events_topic: str = setting("music.events", "MUSICREC_EVENTS_TOPIC", "Topic of listening events (key = user_id).")
+    songs_topic: str = setting("music.songs", "MUSICREC_SONGS_TOPIC", "Topic of the song catalog (key = song_id).")
+    dlq_topic: str = setting("music.events.dlq", "MUSICREC_DLQ_TOPIC", "Dead-letter topic: original bytes of refused messages, reason in headers.")
+    partitions: int = setting(8, "MUSICREC_PARTITIONS", "Partitions of the events topic when this tool creates it.", gt=0)
+    app_id: str = setting("musicrec", "MUSICREC_APP_ID", "Faust application id = Kafka consumer group of the workers.")
+    batch_size: int = setting(2000, "MUSICREC_BATCH_SIZE", "Maximum events per micro-batch in the worker.", gt=0)
+    batch_within: float = setting(0.02, "MUSICREC_BATCH_WITHIN", "Seconds the worker waits to fill a micro-batch (a full batch goes at once; this bounds the wait of a quiet stream).", gt=0)
+    fetch_max_wait: float = setting(0.01, "MUSICREC_FETCH_MAX_WAIT", "Seconds a consumer fetch may wait for data; Faust fixes 1.5 s, and a broker that waits out the whole period (the embedded Tansu does) adds up to that to every event's freshness.", gt=0)
+    session_timeout: float = setting(10.0, "MUSICREC_SESSION_TIMEOUT", "Kafka consumer session timeout (s); a dead worker's partitions move after this.", gt=0)
+    k: int = setting(20, "MUSICREC_K", "Songs stored per user in Redis.", gt=0, le=MAX_K)
+    redis_namespace: str = setting("musicrec", "MUSICREC_REDIS_NAMESPACE", "Prefix of every Redis key this project writes.")
+    data_dir: str = setting("musicrec-data", "MUSICREC_DATA_DIR", "Directory of the event log (Parquet segments read by DuckDB) and model versions.")
+    model_poll: float = setting(2.0, "MUSICREC_MODEL_POLL", "Seconds between a worker's checks for a newly published model version or A/B test.", gt=0)
+    kafka_security_protocol: str = setting("PLAINTEXT", "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    kafka_sasl_mechanism: str = setting("", "KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.")
+    kafka_sasl_username: str = setting("", "KAFKA_SASL_USERNAME", "SASL user name.")
+    kafka_sasl_password: str = setting("", "KAFKA_SASL_PASSWORD", "SASL password (never logged).")
+    kafka_ssl_cafile: str = setting("", "KAFKA_SSL_CAFILE", "CA bundle to verify the brokers' TLS certificates.")
 
     def __post_init__(self) -> None:
-        if self.batch_size <= 0 or self.partitions <= 0 or self.k <= 0:
-            raise ConfigError("batch_size, partitions and k must be positive")
-        if self.batch_within <= 0 or self.session_timeout <= 0 or self.fetch_max_wait <= 0 or self.model_poll <= 0:
-            raise ConfigError("batch_within, session_timeout and model_poll must be positive")
-        if self.kafka_security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
-            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r} is not one of "
-                              "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+        check_ranges(self)
 
     @property
     def log_dir(self) -> Path:
@@ -128,11 +125,33 @@ def config_path(env: typing.Mapping[str, str]) -> Path | None:
     return local if local.is_file() else None
 
 
+def _qualified(overrides: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """Overrides keyed by (section, field): "section.field" keys, or bare field names one section has."""
+    owners: dict[str, list[str]] = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            owners.setdefault(f.name, []).append(section)
+    out: dict[tuple[str, str], Any] = {}
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        if section:
+            owner = SECTIONS.get(section)
+            sections = [section] if owner is not None and name in {f.name for f in fields(owner)} else []
+        else:
+            sections = owners.get(name, [])
+        if not sections:
+            raise ConfigError(f"unknown setting: {key}")
+        if len(sections) > 1:
+            raise ConfigError(f"setting {key} is ambiguous: say {' or '.join(f'{s}.{key}' for s in sections)}")
+        out[(sections[0], name)] = value
+    return out
+
+
 def load_settings(overrides: dict[str, Any] | None = None,
                   env: typing.Mapping[str, str] | None = None) -> Settings:
-    """Resolve every setting; ``overrides`` maps field names (either section) to values."""
+    """Resolve every setting; ``overrides`` maps "section.field" (or an unambiguous field name) to values."""
     env = os.environ if env is None else env
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    qualified = _qualified({k: v for k, v in (overrides or {}).items() if v is not None})
     toml: dict[str, Any] = {}
     path = config_path(env)
     if path is not None:
@@ -140,25 +159,21 @@ def load_settings(overrides: dict[str, Any] | None = None,
             toml = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    known_fields = {f.name for cls in SECTIONS.values() for f in fields(cls)}
-    unknown = set(overrides) - known_fields
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     built: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         table = toml.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
-        names = {f.name for f in fields(cls)}
-        bad = set(table) - names
+        bad = set(table) - {f.name for f in fields(cls)}
         if bad:
             raise ConfigError(f"{path}: unknown key(s) in [{section}]: {', '.join(sorted(bad))}")
         hints = _field_types(cls)
         values = {}
         for f in fields(cls):
             var = f.metadata["env"]
-            if f.name in overrides:
-                values[f.name] = _convert(overrides[f.name], hints[f.name], f"--{f.name.replace('_', '-')}")
+            if (section, f.name) in qualified:
+                values[f.name] = _convert(qualified[(section, f.name)], hints[f.name],
+                                          f"--{f.name.replace('_', '-')}")
             elif env.get(var, "") != "":
                 values[f.name] = _convert(env[var], hints[f.name], var)
             elif f.name in table:
@@ -168,6 +183,16 @@ def load_settings(overrides: dict[str, Any] | None = None,
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
     return Settings(**built)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """Every setting as its environment variable: what a child process (a worker, a CLI command)
+    needs to resolve exactly these settings."""
+    out = {}
+    for section, name, var, _default, _typ, _doc in declared():
+        value = getattr(getattr(settings, section), name)
+        out[var] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
 
 
 def with_endpoints(settings: Settings, kafka_bootstrap: str, redis_url: str) -> Settings:

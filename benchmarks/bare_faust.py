@@ -1,0 +1,47 @@
+"""The reference of ``musicrec bench ingest``: a Faust agent that only consumes (``take_events``).
+
+Run as ``python -m benchmarks.bare_faust`` with the same settings as a worker plus
+``BARE_EXPECT`` (events to wait for) and ``BARE_OUT`` (where to write the JSON result). It builds its
+app with the worker's own options (``stream.kafka_config.faust_app_options``), batch size and window,
+so the two figures differ only by what the worker does with a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import faust
+
+from stream.kafka_config import faust_app_options, use_fetch_max_wait
+from stream.settings import load_settings
+
+
+def main() -> None:
+    settings = load_settings()
+    cfg = settings.stream
+    expect = int(os.environ["BARE_EXPECT"])
+    out = os.environ["BARE_OUT"]
+    use_fetch_max_wait(cfg.fetch_max_wait)
+    app = faust.App(cfg.app_id, **faust_app_options(settings, datadir="bare-faust"))
+    topic = app.topic(cfg.events_topic, key_type=bytes, value_type=bytes)
+    state = {"count": 0, "first_at": 0.0, "first_count": 0}
+
+    @app.agent(topic)
+    async def consume(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(cfg.batch_size, within=cfg.batch_within):  # type: ignore[attr-defined]
+            state["count"] += len(events)
+            now = time.time()
+            if not state["first_at"]:
+                state["first_at"], state["first_count"] = now, state["count"]
+            if state["count"] >= expect:
+                with open(out, "w") as fh:
+                    json.dump({**state, "last_at": now}, fh)
+                os._exit(0)  # the figure is written; skip Faust's slow shutdown
+
+    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

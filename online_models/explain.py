@@ -1,0 +1,60 @@
+"""What a served list says about itself: "because you played X" per song, and the cold-start list."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from index_manager.holder import Served
+from index_manager.keys import song_keys
+from online_models.base import RecList
+from online_models.scoring import POPULARITY_VERSION
+from online_models.serving import ServingModel
+from online_models.state import OnlineState
+
+POPULAR_NOW = "popular now"
+RECENT_PLAYS = 20  # the plays an explanation may name
+
+
+def explain(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, recs: RecList,
+            recent: int = RECENT_PLAYS) -> RecList:
+    """Fill ``reasons``: for each recommended song, the song among the user's ``recent`` latest
+    plays it is most similar to (cosine of item factors): "because you played X"; songs the
+    user's history says nothing about are "popular now"."""
+    filled = recs.song_ids != ""
+    reasons = np.full(recs.song_ids.shape, None, dtype=object)
+    reasons[filled] = POPULAR_NOW
+    if served is None or not len(users):
+        return RecList(recs.song_ids, recs.scores, reasons, recs.version)
+    index = served.model.index
+    rows = state.history.gather(users)
+    item_rows = index.rows(rows.keys)
+    ok = (item_rows >= 0) & (rows.pos > rows.neg)
+    slots, item_rows, last = rows.slots[ok], item_rows[ok], rows.last_ts[ok]
+    order = np.lexsort((-last, slots))
+    slots, item_rows = slots[order], item_rows[order]
+    start = np.searchsorted(slots, np.arange(len(users)))
+    rank = np.arange(len(slots)) - start[slots]
+    keep = rank < recent
+    hist = np.full((len(users), recent), -1, np.int64)
+    hist[slots[keep], rank[keep]] = item_rows[keep]
+    unit = index.unit_factors
+    rec_rows = index.rows(song_keys(recs.song_ids.ravel())).reshape(recs.song_ids.shape)
+    sims = np.einsum("ukf,uhf->ukh", unit[np.maximum(rec_rows, 0)], unit[np.maximum(hist, 0)])
+    sims = np.where((hist >= 0)[:, None, :], sims, -np.inf)
+    best = np.argmax(sims, axis=2)
+    found = np.isfinite(np.max(sims, axis=2)) & (rec_rows >= 0)
+    source = index.names[np.take_along_axis(hist, best, axis=1)]
+    explained = found & filled
+    reasons[explained] = [f"because you played {s}" for s in source[explained]]
+    return RecList(recs.song_ids, recs.scores, reasons, recs.version)
+
+
+def popular_list(state: OnlineState, served: Served[ServingModel] | None, k: int) -> RecList:
+    """The cold-start list: the ``k`` most popular songs now (one row)."""
+    keys, counts = state.popularity.top(k)
+    row_k = np.full((1, k), -1, np.int64)
+    row_s = np.full((1, k), -np.inf, np.float32)
+    row_k[0, :len(keys)], row_s[0, :len(keys)] = keys, counts
+    index = None if served is None else served.model.index
+    return RecList(state.names_of(row_k, index), row_s, np.full((1, k), None, dtype=object),
+                   POPULARITY_VERSION if served is None else served.version)

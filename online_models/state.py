@@ -1,0 +1,83 @@
+"""Everything learnt online, independent of the model version being served.
+
+The state is shared by every model version a worker swaps in and by both arms of an A/B test: a
+swap replaces only the item side (``online_models.serving``), and users are simply re-scored
+against it. Per-user and per-song online signals live here and are all updated in :meth:`learn`,
+one batch at a time; scoring (``online_models.scoring``) reads them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from index_manager.song_index import SongIndex
+from online_models.batch import EventBatch
+from online_models.config import OnlineConfig
+from online_models.history import HistoryStore
+from online_models.popularity import DecayedCounts
+
+
+class VectorCache:
+    """Users' folded-in vectors, each tagged with the model version and the history generation it
+    was solved for, least recently used evicted first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[str, int, np.ndarray]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, user: str) -> tuple[str, int, np.ndarray] | None:
+        return self._entries.get(user)
+
+    def put(self, user: str, version: str, stamp: int, vector: np.ndarray) -> None:
+        if not self.size:
+            return
+        self._entries[user] = (version, stamp, vector)
+        self._entries.move_to_end(user)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class OnlineState:
+    """Per user: decayed engagement history and the cached folded-in vector; per song: decayed
+    popularity and the name behind its key."""
+
+    def __init__(self, config: OnlineConfig) -> None:
+        self.config = config
+        self.history = HistoryStore(config.half_life_days, config.max_history, config.full_play_ms,
+                                    config.skip_weight)
+        self.popularity = DecayedCounts(config.popularity_half_life_days)
+        self.names: dict[int, str] = {}
+        self.vectors = VectorCache(config.vector_cache)
+
+    def __len__(self) -> int:
+        """Users with a history."""
+        return len(self.history)
+
+    def learn(self, events: EventBatch) -> np.ndarray:
+        """Fold a batch into every signal; returns the distinct users touched."""
+        if len(events) == 0:
+            return np.empty(0, dtype=object)
+        keys, first = np.unique(events.song_keys, return_index=True)
+        names = self.names
+        for key, i in zip(keys.tolist(), first.tolist(), strict=True):
+            if key not in names:
+                names[key] = events.song_ids[i]
+        self.popularity.update(events)
+        return self.history.update(events)
+
+    def names_of(self, keys: np.ndarray, index: SongIndex | None) -> np.ndarray:
+        """Song names of keys: the served index's, then those learnt from events (songs newer than
+        the model); "" for -1."""
+        names = index.names_of(keys) if index is not None else np.full(keys.shape, "", dtype=object)
+        missing = (names == "") & (keys >= 0)
+        if missing.any():
+            names[missing] = [self.names.get(int(x), "") for x in keys[missing]]
+        return names

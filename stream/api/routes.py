@@ -1,0 +1,155 @@
+"""The read API's handlers: recommendations and similar songs, the event log, health, metrics, A/B."""
+
+from __future__ import annotations
+
+import time
+from contextlib import closing
+from typing import Annotated, Any
+
+import duckdb
+import numpy as np
+from fastapi import Path as PathParam
+from fastapi import Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
+
+from index_manager.keys import song_keys
+from offline.eventlog import EventLog
+from online_models.event_rules import MAX_ID_CHARS
+from stream.api.prometheus import render_prometheus
+from stream.api.rates import STATS_STALE_S
+from stream.api.schemas import LoggedEvent, RecsOut, SimilarItem, SimilarOut, UserEventsOut
+from stream.api.state import ApiState, state_of
+from stream.errors import ServiceUnavailable
+from stream.events import check_id
+from stream.redis_store import translate_errors
+
+# songs per response: a stored list holds MUSICREC_K songs (so a larger k returns them all), and
+# /similar searches the index once per request
+MAX_PAGE = 100
+MAX_EVENTS = 200
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+UserId = Annotated[str, PathParam(description=f"1..{MAX_ID_CHARS} characters, no control characters")]
+Page = Annotated[int, Query(ge=1, le=MAX_PAGE, description="songs to return")]
+
+
+def get_recs(request: Request, user_id: UserId,
+             k: Page = 10) -> RecsOut:
+    """A user's current recommendations with explanations (popularity for users without a list)."""
+    state = state_of(request)
+    check_id(user_id, "user_id")
+    recs, arm = state.read_recs(user_id, k)
+    if recs is None:
+        raise ServiceUnavailable("no recommendations have been written yet (is a worker running?)")
+    return RecsOut(**dict(recs.to_json(), user_id=user_id, arm=arm))
+
+
+def get_similar(request: Request, song_id: Annotated[str, PathParam()],
+                k: Page = 10) -> SimilarOut:
+    """Songs closest to a song in the published model version's factor space."""
+    state = state_of(request)
+    check_id(song_id, "song_id")
+    model, version = state.monitor.index.holder.get()  # one read: the song and its neighbours from one version
+    if model.index.rows(song_keys([song_id]))[0] < 0:
+        raise HTTPException(404, f"song {song_id!r} is not in model version {version}")
+    found = model.similar(np.array([song_id], dtype=object), k, depth=state.settings.model.candidates)
+    return SimilarOut(song_id=song_id, model_version=version,
+                      items=[SimilarItem(song_id=str(s), score=float(v)) for s, v, _ in found.row(0)])
+
+
+def get_user_events(request: Request, user_id: UserId,
+                    n: Annotated[int, Query(ge=1, le=MAX_EVENTS, description="events to return")] = 20
+                    ) -> UserEventsOut:
+    """A user's latest events from the event log (deduplicated), newest first."""
+    state = state_of(request)
+    check_id(user_id, "user_id")
+    sql = ("SELECT song_id, event, ts, ms_played, event_id FROM events WHERE user_id = ? "
+           "ORDER BY ts DESC, ingested_at DESC LIMIT ?")
+    for attempt in (1, 2):
+        try:
+            with closing(EventLog(state.cfg.log_dir).connect()) as con:
+                rows = con.execute(sql, [user_id, n]).fetchall()
+            break
+        except duckdb.IOException as exc:
+            # compaction may delete a segment between listing and reading; the next listing is whole
+            if attempt == 2:
+                raise ServiceUnavailable(f"the event log cannot be read ({exc})") from exc
+    return UserEventsOut(user_id=user_id, events=[
+        LoggedEvent(song_id=s, event=e, ts=t, ms_played=m, event_id=i) for s, e, t, m, i in rows])
+
+
+def get_health(request: Request) -> JSONResponse:
+    """Redis reachability, model versions and worker freshness. 503 when Redis is unreachable;
+    ``degraded`` (200) when reads work but no worker is live or the index lags the pointer."""
+    state = state_of(request)
+    snap = state.monitor.snapshot
+    redis_error = None
+    try:
+        with translate_errors("pinging"):
+            state.redis.get().ping()
+    except ServiceUnavailable as exc:
+        redis_error = str(exc)
+    served = state.monitor.index.holder.version
+    problems = []
+    if redis_error:
+        problems.append(redis_error)
+    if not any(not w.stale for w in snap.workers):
+        problems.append(f"no worker has published stats in the last {STATS_STALE_S:.0f} s")
+    if snap.published_version is not None and served != snap.published_version:
+        problems.append(f"similar songs serve {served}, the published version is {snap.published_version}")
+    status = "unavailable" if redis_error else "degraded" if problems else "ok"
+    body = {"status": status, "problems": problems,
+            "redis": {"ok": redis_error is None, "error": redis_error},
+            "model": {"published": snap.published_version, "served": served},
+            "workers": [w.to_json() for w in snap.workers]}
+    return JSONResponse(body, status_code=503 if redis_error else 200)
+
+
+def get_metrics(request: Request) -> PlainTextResponse:
+    """Prometheus text exposition: events/s, DLQ, consumer lag, freshness histogram, index."""
+    monitor = state_of(request).monitor
+    text = render_prometheus(monitor.snapshot, monitor.index)
+    return PlainTextResponse(text, media_type=PROMETHEUS_TEXT)
+
+
+def get_ab(request: Request) -> dict[str, Any]:
+    """The running A/B test (if any) and each arm's lists served, plays observed, hits and hit rate."""
+    return state_of(request).ab_results()
+
+
+def get_overview(request: Request) -> dict[str, Any]:
+    """Everything the dashboard's header shows, as one JSON object (the same data as /metrics)."""
+    state = state_of(request)
+    snap = state.monitor.snapshot
+    served = state.monitor.index.holder.peek()
+    model: dict[str, Any] = {"published": snap.published_version, "metrics": snap.published_metrics,
+                             "served": None, "kind": None, "index_songs": None, "created_at": None}
+    if served is not None:
+        model.update(served=served.version, kind=served.model.kind, index_songs=len(served.model.index),
+                     created_at=served.model.created_at)
+    return {"taken_at": snap.taken_at, "now": time.time(),
+            "redis": {"ok": snap.redis_error is None, "error": snap.redis_error},
+            "events_per_s": snap.events_per_s, "dlq": snap.refused, "freshness": snap.freshness.to_json(),
+            "lag": snap.lag.to_json(), "workers": [w.to_json() for w in snap.workers], "model": model,
+            "report": {"prequential_png": state.report_path().is_file()}, "ab": _ab_or_error(state)}
+
+
+def _ab_or_error(state: ApiState) -> dict[str, Any]:
+    try:
+        return state.ab_results()
+    except ServiceUnavailable as exc:
+        return {"running": False, "error": str(exc)}
+
+
+def get_report(request: Request) -> FileResponse:
+    """The recall@10-over-time plot of the last prequential evaluation, if one was saved."""
+    path = state_of(request).report_path()
+    if not path.is_file():
+        raise HTTPException(404, f"no evaluation plot yet: `musicrec evaluate FILE --plot {path}` writes one")
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
+def get_page(request: Request) -> HTMLResponse:
+    return HTMLResponse(state_of(request).page, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,98 @@
+"""One worker process's parts, built once and wired together; the Faust app and start-up use them."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import redis
+
+from index_manager.follower import VersionFollower
+from index_manager.registry import VersionRegistry
+from offline.catalog import CatalogStore
+from offline.eventlog import EventLog
+from online_models.online import OnlineALS
+from online_models.serving import ServingModel
+from stream.abtest import ABTest, current_test
+from stream.redis_store import RecsWriter, RedisKeys, version_registry
+from stream.settings import Settings
+from stream.worker.ab_arm import ABArm
+from stream.worker.catalog import CatalogIntake
+from stream.worker.dedup import APPLIED_IDS, AppliedEvents
+from stream.worker.lists import ActiveUsers, ListWriter
+from stream.worker.processor import BatchProcessor
+from stream.worker.stats import Counters, LatencyWindow, publish_stats
+
+
+@dataclass
+class WorkerParts:
+    settings: Settings
+    worker_id: str
+    redis_client: redis.Redis
+    keys: RedisKeys
+    registry: VersionRegistry
+    model: OnlineALS
+    versions: VersionFollower[ServingModel]  # the published version, into ``model``'s holder
+    ab: ABArm
+    catalog: CatalogIntake
+    active: ActiveUsers
+    lists: ListWriter
+    applied: AppliedEvents
+    counters: Counters
+    freshness: LatencyWindow
+    processor: BatchProcessor
+
+    @classmethod
+    def build(cls, settings: Settings, client: redis.Redis, worker_id: str | None = None,
+              applied_ids: int = APPLIED_IDS) -> WorkerParts:
+        cfg = settings.stream
+        worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        keys = RedisKeys(cfg.redis_namespace)
+        model = OnlineALS(settings.model)
+        load = partial(ServingModel.load, cfg.artifacts_dir)
+        ab = ABArm(model, load)
+        counters, freshness, active = Counters(), LatencyWindow(), ActiveUsers()
+        lists = ListWriter(model, ab, RecsWriter(client, keys), cfg.k)
+        applied = AppliedEvents(applied_ids)
+        log = EventLog(cfg.log_dir)
+        processor = BatchProcessor(model, log, worker_id, lists, ab, applied, active, counters, freshness)
+        return cls(settings, worker_id, client, keys, version_registry(client, keys, cfg.artifacts_dir), model,
+                   VersionFollower(load, model.holder), ab, CatalogIntake(CatalogStore(cfg.catalog_dir), counters),
+                   active, lists, applied, counters, freshness, processor)
+
+    @property
+    def log(self) -> EventLog:
+        return self.processor.log
+
+    def served(self) -> list[ServingModel]:
+        """The versions served now, published first (one read of each holder)."""
+        published = self.model.holder.peek()
+        treatment = self.ab.treatment()
+        return [m for m in (None if published is None else published.model, treatment) if m is not None]
+
+    def install(self, candidate: ServingModel) -> bool:
+        """Swap a prepared published version in (run where batches run: it touches the live song
+        set): the songs indexed from content since its training cut-off go in before it serves."""
+        self.catalog.add_to(candidate)
+        return self.versions.install(candidate, candidate.version)
+
+    def start_test(self, test: ABTest, treatment: ServingModel) -> None:
+        self.catalog.add_to(treatment)
+        self.ab.start(test, treatment)
+
+    def wanted_test(self) -> ABTest | None:
+        return current_test(self.redis_client, self.keys)
+
+    def publish_stats(self) -> None:
+        p50, p95, p99 = self.freshness.percentiles_ms()
+        stats: dict[str, Any] = dict(
+            self.counters.as_dict(), freshness_p50_ms=p50, freshness_p95_ms=p95, freshness_p99_ms=p99,
+            version=self.model.holder.version, users=len(self.model.state), swaps=self.versions.swaps,
+            refused_versions=self.versions.refused)
+        ab = self.ab.summary()
+        if ab is not None:
+            stats["ab"] = ab
+        publish_stats(self.redis_client, self.keys, self.worker_id, stats)

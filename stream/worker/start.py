@@ -1,0 +1,50 @@
+"""Worker start-up: rebuild the online state from the log, serve the published version, then consume."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from stream.kafka_io import ensure_topics
+from stream.redis_store import connect
+from stream.settings import Settings
+from stream.worker.lists import ACTIVE_USERS
+from stream.worker.parts import WorkerParts
+
+LOG_LEVELS = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
+              "debug": logging.DEBUG}
+RESTORE_CHUNK = 200_000  # events folded in at a time while rebuilding
+
+
+def restore(parts: WorkerParts, chunk: int = RESTORE_CHUNK) -> int:
+    """Rebuild the online state from the event log (the state's source of truth); returns events read."""
+    events = parts.log.read()
+    for start in range(0, len(events), chunk):
+        parts.model.partial_fit(events.take(slice(start, start + chunk)))
+    parts.active.touch(events.user_ids[-ACTIVE_USERS:].tolist())
+    # what Kafka may redeliver (not yet committed when the last worker stopped) is in the log and
+    # therefore already in the state just rebuilt: remember the log's newest event ids
+    parts.applied.remember(parts.log.recent_event_ids(parts.applied.limit))
+    return len(events)
+
+
+def start_worker(settings: Settings, loglevel: str = "warn") -> None:
+    """``musicrec worker``: run until SIGINT/SIGTERM."""
+    from stream.worker.app import WorkerApp  # Faust is imported only by the process that runs it
+
+    if loglevel not in LOG_LEVELS:
+        raise ValueError(f"--loglevel must be one of {', '.join(LOG_LEVELS)}")
+    logging.basicConfig(level=LOG_LEVELS[loglevel], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = settings.stream
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+    ensure_topics(cfg)
+    parts = WorkerParts.build(settings, connect(cfg.redis_url))
+    n = restore(parts)
+    candidate = parts.versions.prepare(parts.registry.published())
+    if candidate is not None:
+        parts.install(candidate)
+    written = parts.active.refresh(parts.lists)
+    print(f"worker {parts.worker_id}: restored {n} events from {cfg.log_dir}, model "
+          f"{parts.model.holder.version or 'none (popularity)'}, refreshed {written} users", file=sys.stderr)
+    WorkerApp(parts).run(loglevel)

@@ -1,0 +1,163 @@
+"""The product's online recommender: learning from events, cold start, filtering, explanations
+(the contract every recommender meets is tests/unit/test_contract.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from index_manager.holder import ModelHolder, Served
+from index_manager.keys import song_keys
+from online_models.batch import EventBatch
+from online_models.config import OnlineConfig
+from online_models.online import OnlineALS
+from online_models.scoring import POPULARITY_VERSION
+from online_models.serving import ServingModel
+from tests.synthetic import synthetic_log
+
+
+def test_without_a_model_serves_popularity_minus_seen() -> None:
+    model = OnlineALS(OnlineConfig(factors=4))
+    ev = EventBatch.from_columns(np.array(["a", "a", "b", "c", "c", "c"], dtype=object),
+                                 np.array(["x", "y", "x", "x", "y", "z"], dtype=object),
+                                 ts=np.arange(6.0))
+    model.partial_fit(ev)
+    recs = model.recommend(np.array(["new", "a"], dtype=object), k=3)
+    assert recs.version == POPULARITY_VERSION
+    assert list(recs.song_ids[0]) == ["x", "y", "z"]  # 3 plays, 2, 1
+    assert list(recs.song_ids[1]) == ["z", "", ""]  # a has heard x and y
+
+
+def test_a_play_moves_the_user_towards_its_cluster() -> None:
+    log = synthetic_log()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10))
+    model.fit(log)
+    # a brand-new user plays twelve odd songs: their list should become odd songs
+    odd = [f"s{i}" for i in range(1, 24, 2)]
+    ev = EventBatch.from_columns(np.array(["fresh"] * len(odd), dtype=object), np.array(odd, dtype=object),
+                                 ts=np.full(len(odd), log.ts.max() + 1))
+    before = model.recommend(np.array(["fresh"], dtype=object), k=10)
+    model.partial_fit(ev)
+    after = model.recommend(np.array(["fresh"], dtype=object), k=10)
+    odd_after = np.mean([int(s[1:]) % 2 == 1 for s in after.song_ids[0] if s])
+    assert odd_after >= 0.9
+    assert list(before.song_ids[0]) != list(after.song_ids[0])
+    assert not set(odd) & set(after.song_ids[0]), "played songs are filtered"
+
+
+def test_cold_start_blends_from_popularity_to_collaborative() -> None:
+    log = synthetic_log()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10, cold_start_events=5.0))
+    model.fit(log)
+    user = np.array(["newcomer"], dtype=object)
+    served = model.serve(user, k=10)
+    assert list(served.recs.song_ids[0]) == list(served.popular.song_ids[0]), "no history: exactly the popular list"
+    odd_share = []
+    t = log.ts.max()
+    for i, song in enumerate([f"s{j}" for j in range(1, 40, 2)]):
+        model.partial_fit(EventBatch.from_columns(user, np.array([song], dtype=object), ts=np.array([t + i])))
+        if i in (0, 4, 19):
+            recs = model.recommend(user, k=10).song_ids[0]
+            odd_share.append(np.mean([int(s[1:]) % 2 == 1 for s in recs if s]))
+    # one play: popularity still weighs 5/6; twenty: the user's own taste dominates
+    assert odd_share[0] < odd_share[1] <= odd_share[2]
+    assert odd_share[2] >= 0.9
+
+
+def test_relisten_policy_keeps_played_songs() -> None:
+    log = synthetic_log()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10, relisten=True))
+    model.fit(log)
+    user = log.user_ids[0]
+    played = set(log.song_ids[log.user_ids == user])
+    recs = model.recommend(np.array([user], dtype=object), k=20)
+    assert played & set(recs.song_ids[0])
+
+
+def test_skips_push_a_song_down() -> None:
+    log = synthetic_log()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10, relisten=True))
+    model.fit(log)
+    user = np.array(["u1"], dtype=object)
+    first = model.recommend(user, k=5)
+    top = first.song_ids[0][0]
+    skips = EventBatch.from_columns(np.array(["u1"] * 5, dtype=object), np.array([top] * 5, dtype=object),
+                                    np.array(["skip"] * 5, dtype=object), np.full(5, log.ts.max() + 10))
+    model.partial_fit(skips)
+    second = model.recommend(user, k=5)
+    assert top not in set(second.song_ids[0][:1])
+    s_before = first.scores[0][0]
+    s_after = dict(zip(model.recommend(user, k=200).song_ids[0], model.recommend(user, k=200).scores[0],
+                       strict=True)).get(top, -np.inf)
+    assert s_after < s_before
+
+
+def test_explanations_name_a_similar_song_the_user_played() -> None:
+    log = synthetic_log()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10))
+    model.fit(log)
+    users = np.array(["u1", "u2", "nobody"], dtype=object)
+    recs = model.serve(users, k=5).recs
+    played = {u: set(log.song_ids[log.user_ids == u]) for u in ("u1", "u2")}
+    for i, user in enumerate(users[:2]):
+        for reason in recs.reasons[i]:
+            assert reason.startswith("because you played ")
+            source = reason.removeprefix("because you played ")
+            assert source in played[user]
+    # known answer for one song: the played song with the highest cosine similarity to it
+    index = model.holder.get().model.index
+    unit = index.factors / np.linalg.norm(index.factors, axis=1, keepdims=True)
+    latest = [s for s in log.song_ids[log.user_ids == "u2"][::-1]]
+    recent = list(dict.fromkeys(latest))[:20]
+    rec = recs.song_ids[1][0]
+    sims = unit[index.rows(song_keys(np.array(recent, dtype=object)))] @ unit[index.rows(song_keys(np.array([rec])))][0]
+    assert recs.reasons[1][0] == f"because you played {recent[int(np.argmax(sims))]}"
+    assert set(recs.reasons[2]) == {"popular now"}
+
+
+def test_mmr_diversity_lowers_list_similarity_and_keeps_relevance_first() -> None:
+    log = synthetic_log()
+    users = np.array([f"u{i}" for i in range(20)], dtype=object)
+
+    def similarity(model: OnlineALS) -> float:
+        recs = model.recommend(users, k=10)
+        index = model.holder.get().model.index
+        f = index.factors / np.linalg.norm(index.factors, axis=1, keepdims=True)
+        out = []
+        for row in recs.song_ids:
+            v = f[index.rows(song_keys(row))]
+            s = v @ v.T
+            out.append((s.sum() - len(v)) / (len(v) * (len(v) - 1)))
+        return float(np.mean(out))
+
+    plain = OnlineALS(OnlineConfig(factors=8, iterations=10))
+    plain.fit(log)
+    diverse = OnlineALS(OnlineConfig(factors=8, iterations=10, diversity=0.7))
+    diverse.fit(log)
+    assert similarity(diverse) < similarity(plain)
+    a, b = plain.recommend(users, k=10), diverse.recommend(users, k=10)
+    assert (a.song_ids[:, 0] == b.song_ids[:, 0]).mean() >= 0.8, "the most relevant song is still picked first"
+
+
+class CountingHolder(ModelHolder[ServingModel]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def peek(self) -> Served[ServingModel] | None:
+        self.reads += 1
+        return super().peek()
+
+
+def test_one_request_reads_the_model_holder_once() -> None:
+    log = synthetic_log()
+    holder = CountingHolder()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=8), holder)
+    model.fit(log)
+    users = np.array(["u1", "u2", "nobody"], dtype=object)
+    for request in (lambda: model.recommend(users, 5), lambda: model.serve(users, 5),
+                    lambda: model.similar(np.array(["s1"], dtype=object), 5)):
+        holder.reads = 0
+        request()
+        assert holder.reads == 1
+    served = model.serve(users, 5)
+    assert served.recs.version == served.popular.version == holder.version
