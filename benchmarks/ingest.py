@@ -32,8 +32,8 @@ def run(console: Console, quick: bool) -> dict[str, Any]:
         produced_per_s = produce(live, events)
 
         out = live.workdir / "bare.json"
-        env = dict(os.environ, **to_env(live.settings), BARE_EXPECT=str(n), BARE_OUT=str(out),
-                   MUSICREC_APP_ID=live.settings.stream.app_id + "-bare")
+        env = {**os.environ, **to_env(live.settings), "BARE_EXPECT": str(n), "BARE_OUT": str(out),
+               "MUSICREC_APP_ID": live.settings.stream.app_id + "-bare"}
         bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_faust"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

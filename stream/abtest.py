@@ -82,17 +82,17 @@ def results(test: ABTest | None, worker_stats: list[dict[str, Any]]) -> dict[str
             if arms["control"]["hit_rate"] else None}
 
 
-def begin(settings: Settings, version: str, share: float, horizon: int) -> ABTest:
-    """``musicrec ab start``: a new test of ``version``; refused while another one runs."""
+def begin(settings: Settings, version: str, share: float, horizon: int) -> tuple[ABTest, bool]:
+    """``musicrec ab start``: (the new test of ``version``, True), or (the test already running, False)."""
     cfg = settings.stream
     read_manifest(cfg.artifacts_dir, version)  # a clear error now rather than a refusal in every worker
     client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
     running = current_test(client, keys)
     if running is not None:
-        raise ConfigError(f"an A/B test of {running.treatment} is running; `musicrec ab stop` it first")
+        return running, False
     test = ABTest.new(version, share, horizon)
     start_test(client, keys, test)
-    return test
+    return test, True
 
 
 def report(settings: Settings) -> dict[str, Any]:

@@ -234,7 +234,10 @@ def ab_start(version: Annotated[str, typer.Argument(help="model version for the 
     from stream.abtest import begin
 
     settings = _settings()
-    test = begin(settings, version, share, horizon)
+    test, started = begin(settings, version, share, horizon)
+    if not started:
+        err.print(f"an A/B test of {test.treatment} is running; `musicrec ab stop` it first")
+        raise typer.Exit(1)
     console.print(f"A/B test started: {share:.0%} of users get {version} (split {test.salt}); "
                   f"workers pick it up within {settings.stream.model_poll:g}s")
 
