@@ -155,14 +155,6 @@ class EventLog:
                             t.column("song_id").to_numpy(zero_copy_only=False),
                             t.column("pos").to_numpy(), t.column("neg").to_numpy())
 
-    def popularity(self, since: float | None = None, until: float | None = None, limit: int = 1000
-                   ) -> tuple[np.ndarray, np.ndarray]:
-        with closing(self.connect()) as con:
-            rows = con.execute(f"SELECT song_id, count(*) AS n FROM events {_window(since, until)} "
-                               f"{'AND' if since is not None or until is not None else 'WHERE'} event = 'play' "
-                               f"GROUP BY song_id ORDER BY n DESC, song_id LIMIT {int(limit)}").fetchall()
-        return np.array([r[0] for r in rows], dtype=object), np.array([r[1] for r in rows], dtype=np.float64)
-
     def import_file(self, path: str | Path, skip_bad: bool = False) -> tuple[int, int]:
         """Append a generic event file; returns (events added, bad rows skipped)."""
         batch, skipped = read_event_file(path, skip_bad=skip_bad)

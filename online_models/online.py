@@ -38,8 +38,8 @@ class OnlineALS(Recommender):
     users are simply re-folded against the new factors. Without any model, lists come from
     popularity. Each request reads the holder once and passes that version down.
 
-    Serving extension (what the worker calls beyond the contract): :meth:`serve`, :meth:`install`
-    and :meth:`with_holder`.
+    Serving extension (what the worker calls beyond the contract): :meth:`serve`, the ``holder`` it
+    swaps published versions into, :meth:`with_holder` for an A/B arm, and ``state`` (its size).
     """
 
     name = "online"

@@ -208,13 +208,13 @@ def _rank(state: OnlineState, model: ServingModel | None, users: np.ndarray, can
     allowed = candidates.allowed()
     if not state.config.relisten:
         allowed &= ~mask_seen(candidates.keys, seen.slots, seen.keys)
-    reranks = model is not None and model.ranker is not None
+    ranker = None if model is None else model.ranker
     diverse = model is not None and state.config.diversity > 0
-    depth = max(k, RERANK_DEPTH) if reranks or diverse else k
+    depth = max(k, RERANK_DEPTH) if ranker is not None or diverse else k
     keys, top = take_top(candidates.keys, scores, allowed, depth)
-    if model is not None and model.ranker is not None:
+    if model is not None and ranker is not None:
         # users NeuMF was trained on and whose lists are mostly collaborative (β >= 1/2)
-        use = np.flatnonzero((model.ranker.user_rows(users) >= 0) & (beta >= 0.5))
+        use = np.flatnonzero((ranker.user_rows(users) >= 0) & (beta >= 0.5))
         keys, top = rerank(model, users, keys, top, use, depth)
     if model is not None and diverse:
         keys, top = mmr(keys, top, model.index, state.config.diversity, k)
