@@ -41,7 +41,7 @@ from stream.errors import ConfigError
 from stream.settings import load_settings
 
 LASTFM = "hetrec2011-lastfm-2k"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 ALS_TARGET_S = 10.0
 LOO_MODELS = ["als", "ncf", "implicit-als", "implicit-bpr", "popularity"]
 
