@@ -1,1 +1,2 @@
-"""The edges: event contract, Kafka/Faust worker, Redis I/O, embedded services and the CLI."""
+"""The edges: event contract, Kafka and Redis adapters, the worker (``stream.worker``), the read API
+and dashboard (``stream.api``), settings, embedded services and the CLI."""

@@ -86,11 +86,11 @@ class WorkerApp:
             await self._dead(self.parts.catalog.take(_messages(events), self.parts.served(), index=False))
 
     async def index_catalog(self) -> None:
-        async def index(messages: list[Message]) -> None:
-            # refusals are the catalog agent's to report
-            self.parts.catalog.take(messages, self.parts.served(), store=False)
+        """Every catalog event, read by every worker (a broadcast): each indexes every new song."""
+        await follow_catalog(self.parts.settings.stream, self._index_songs, CATALOG_BATCH)
 
-        await follow_catalog(self.parts.settings.stream, index, CATALOG_BATCH)
+    async def _index_songs(self, messages: list[Message]) -> None:
+        self.parts.catalog.take(messages, self.parts.served(), store=False)  # refusals are the agent's to report
 
     async def follow_versions(self) -> None:
         """The published version and the A/B test: loaded and checked in another thread, next to
