@@ -70,6 +70,8 @@ class VersionRegistry:
         return self.pointer.read()
 
     def publish(self, version: str, metrics: dict[str, Any] | None = None) -> None:
+        if not isinstance(version, str) or not version.strip():
+            raise ValueError(f"a version name is a non-empty string, got {version!r}")
         record = {"version": version, "published_at": time.time(), "metrics": metrics or {}}
         self.pointer.publish(version, json.dumps(record), HISTORY_MAX)
 
