@@ -64,6 +64,7 @@ class OnlineConfig:
     vector_cache: int = setting(200_000, "MUSICREC_VECTOR_CACHE", "Users whose folded-in vectors are kept between batches (LRU).", ge=0)
     new_song_norm_quantile: float = setting(0.9, "MUSICREC_NEW_SONG_NORM_QUANTILE", "Exposure policy for songs nobody has played yet: their content vector gets this quantile of trained songs' vector norms.", ge=0, le=1)
     diversity: float = setting(0.0, "MUSICREC_DIVERSITY", "MMR trade-off in [0, 1): 0 ranks by relevance only; higher values penalise songs similar to ones already in the list.", ge=0, lt=1)
+    recent_plays: int = setting(50, "MUSICREC_RECENT_PLAYS", "Latest plays kept per user in order: the window of song co-occurrence and the input of a sequence model.", gt=0)
     seed: int = setting(0, "MUSICREC_SEED", "Random seed for training.")
 
     def __post_init__(self) -> None:

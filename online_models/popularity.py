@@ -91,3 +91,99 @@ class DecayedCounts:
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
         """All keys and their current decayed counts."""
         return self._keys.copy(), self.scores(self._keys)
+
+
+class PopularityLadder:
+    """Play counts decayed at several half-lives (in events) at once, sharing one key table: the
+    stream, not a constant, decides which memory predicts its next plays (the ranker weighs them)."""
+
+    def __init__(self, half_lives: tuple[float, ...]) -> None:
+        if not half_lives or any(h < 0 for h in half_lives):
+            raise ValueError("half_lives must be a non-empty tuple of values >= 0 (0 = no decay)")
+        self.half_lives = np.asarray(half_lives, np.float64)
+        self._rate = np.where(self.half_lives > 0, 1.0 / np.maximum(self.half_lives, 1e-300), 0.0)
+        self._keys = np.empty(0, np.int64)
+        self._scaled = np.empty((0, len(half_lives)))
+        self._base = np.zeros(len(half_lives))  # exponent divided out of the stored values
+        self.events = 0
+        self._top: dict[int, tuple[int, np.ndarray]] = {}
+        self.hits = np.zeros(len(half_lives))  # plays each rung's top list would have caught
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def best(self) -> int:
+        """The rung whose top lists caught the most plays so far (the shortest memory on ties)."""
+        return int(np.argmax(self.hits))
+
+    def observe(self, played: np.ndarray, widths: np.ndarray) -> None:
+        """Before learning a batch: count, per rung, the plays whose song was within the first
+        ``widths[i]`` of that rung's list (a list of k songs plus room for what the user heard)."""
+        played = np.asarray(played, np.int64)
+        if not len(played) or not len(self._keys):
+            return
+        widths = np.asarray(widths, np.int64)
+        for r in range(len(self.half_lives)):
+            top = self.top(int(widths.max()), r)
+            order = np.argsort(top, kind="stable")
+            pos = np.minimum(np.searchsorted(top[order], played), len(top) - 1)
+            rank = np.where(top[order][pos] == played, order[pos], len(top))
+            self.hits[r] += float((rank < widths).sum())
+
+    def update(self, batch: EventBatch) -> None:
+        plays = np.flatnonzero(batch.kinds == PLAY)
+        clock = self.events + plays.astype(np.float64)
+        self.events += len(batch)
+        if not len(plays):
+            return
+        exps = clock[:, None] * self._rate[None, :]
+        if (exps.max(axis=0) - self._base).max() > _REBASE_EXPONENT:
+            shift = exps.max(axis=0) - self._base
+            self._scaled *= np.exp2(-shift)
+            self._base += shift
+        contrib = np.exp2(exps - self._base)
+        uniq, inv = np.unique(batch.song_keys[plays], return_inverse=True)
+        sums = np.zeros((len(uniq), len(self.half_lives)))
+        np.add.at(sums, inv, contrib)
+        pos = np.searchsorted(self._keys, uniq)
+        present = (pos < len(self._keys)) & (self._keys[np.minimum(pos, max(len(self._keys) - 1, 0))] == uniq) \
+            if len(self._keys) else np.zeros(len(uniq), bool)
+        self._scaled[pos[present]] += sums[present]
+        if (~present).any():
+            at = np.searchsorted(self._keys, uniq[~present])
+            self._keys = np.insert(self._keys, at, uniq[~present])
+            self._scaled = np.insert(self._scaled, at, sums[~present], axis=0)
+        self._top.clear()
+
+    def _now(self) -> np.ndarray:
+        return np.exp2(self._base - (self.events - 1) * self._rate)
+
+    def scores(self, keys: np.ndarray) -> np.ndarray:
+        """Decayed counts (..., rungs) of song ``keys`` (any shape) as of the latest event; 0 if unknown."""
+        keys = np.asarray(keys, np.int64)
+        if not len(self._keys):
+            return np.zeros((*keys.shape, len(self.half_lives)))
+        pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        found = (self._keys[pos] == keys)[..., None]
+        return np.where(found, self._scaled[pos] * self._now(), 0.0)
+
+    def top(self, n: int, rung: int) -> np.ndarray:
+        """Keys of the ``n`` most played songs at half-life ``rung`` (ties: lower key first)."""
+        cached = self._top.get(rung)
+        if cached is not None and cached[0] >= n:
+            return cached[1][:n]
+        n_eff = min(n, len(self._keys))
+        if n_eff == 0:
+            return np.empty(0, np.int64)
+        col = self._scaled[:, rung]
+        idx = np.argpartition(-col, n_eff - 1)[:n_eff] if n_eff < len(col) else np.arange(len(col))
+        idx = idx[np.lexsort((self._keys[idx], -col[idx]))]
+        self._top[rung] = (n, self._keys[idx])
+        return self._keys[idx]
+
+    def maxima(self) -> np.ndarray:
+        """Largest decayed count of each rung (1 where nothing was counted)."""
+        if not len(self._keys):
+            return np.ones(len(self.half_lives))
+        return np.maximum(self._scaled.max(axis=0) * self._now(), 1e-300)

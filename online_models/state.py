@@ -13,10 +13,11 @@ from collections import OrderedDict
 import numpy as np
 
 from index_manager.song_index import SongIndex
-from online_models.batch import EventBatch
+from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
 from online_models.history import HistoryStore
 from online_models.popularity import DecayedCounts
+from online_models.sequences import RecentPlays
 
 
 class VectorCache:
@@ -46,14 +47,15 @@ class VectorCache:
 
 
 class OnlineState:
-    """Per user: decayed engagement history and the cached folded-in vector; per song: decayed
-    popularity and the name behind its key."""
+    """Per user: decayed engagement history, the latest plays in order and the cached folded-in
+    vector; per song: decayed popularity and the name behind its key."""
 
     def __init__(self, config: OnlineConfig) -> None:
         self.config = config
         self.history = HistoryStore(config.half_life_days, config.max_history, config.full_play_ms,
                                     config.skip_weight)
         self.popularity = DecayedCounts(config.popularity_half_life_days)
+        self.recent = RecentPlays(config.recent_plays)
         self.names: dict[int, str] = {}
         self.vectors = VectorCache(config.vector_cache)
 
@@ -71,6 +73,8 @@ class OnlineState:
             if key not in names:
                 names[key] = events.song_ids[i]
         self.popularity.update(events)
+        plays = np.flatnonzero(events.kinds == PLAY)
+        self.recent.update(events.user_ids[plays], events.song_keys[plays])
         return self.history.update(events)
 
     def names_of(self, keys: np.ndarray, index: SongIndex | None) -> np.ndarray:

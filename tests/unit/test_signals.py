@@ -1,0 +1,140 @@
+"""Next-song signals and the learned ranker: known answers on tiny streams (no services)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index_manager.keys import song_keys
+from online_models.batch import EventBatch
+from online_models.blend import Ranker
+from online_models.cooc import CoOccurrence
+from online_models.keyindex import KeyIndex
+from online_models.popularity import PopularityLadder
+from online_models.sequences import PAD, RecentPlays
+
+
+def test_key_index_hands_out_rows_in_order_of_first_appearance() -> None:
+    idx = KeyIndex()
+    assert idx.add(np.array([30, 10, 30])).tolist() == [0, 1, 0]
+    assert idx.add(np.array([20, 10])).tolist() == [2, 1]
+    assert idx.lookup(np.array([[10, 99], [20, 30]])).tolist() == [[1, -1], [2, 0]]
+    assert idx.keys.tolist() == [30, 10, 20]
+
+
+def test_recent_plays_pairs_span_batches_and_respect_the_window() -> None:
+    recent = RecentPlays(length=3)
+    first = recent.update(np.array(["u", "v", "u"], dtype=object), np.array([1, 7, 2]), window=2)
+    assert sorted(zip(first.earlier.tolist(), first.later.tolist(), first.distance.tolist(), strict=True)) == \
+        [(1, 2, 1)]
+    second = recent.update(np.array(["u", "u"], dtype=object), np.array([3, 4]), window=2)
+    got = sorted(zip(second.earlier.tolist(), second.later.tolist(), second.distance.tolist(),
+                     second.event.tolist(), strict=True))
+    # 3 follows 2 (d=1) and 1 (d=2); 4 follows 3 (d=1) and 2 (d=2); 1 is beyond the window of 4
+    assert got == [(1, 3, 2, 0), (2, 3, 1, 0), (2, 4, 2, 1), (3, 4, 1, 1)]
+    assert recent.gather(np.array(["u", "v", "w"], dtype=object)).tolist() == \
+        [[2, 3, 4], [PAD, PAD, 7], [PAD, PAD, PAD]]
+    assert recent.counts(np.array(["u", "w"], dtype=object)).tolist() == [3, 0]
+    with pytest.raises(ValueError):
+        recent.update(np.array(["u"], dtype=object), np.array([1]), window=4)
+
+
+def _learn(cooc: CoOccurrence, recent: RecentPlays, users: list[str], keys: list[int], window: int = 5) -> None:
+    u, k = np.array(users, dtype=object), np.array(keys, np.int64)
+    pairs = recent.update(u, k, window)
+    pos = np.arange(len(k), dtype=np.float64)
+    cooc.learn(pairs.earlier, pairs.later, np.ones(len(pairs.earlier)), pos[pairs.event], k, pos, len(k))
+
+
+def test_cooccurrence_counts_votes_both_ways_and_normalises_by_plays() -> None:
+    cooc, recent = CoOccurrence(), RecentPlays(10)
+    _learn(cooc, recent, ["a", "a", "b", "b", "b"], [1, 2, 1, 2, 3])
+    q = cooc.query(np.array([[PAD, 1], [PAD, 3]]), exponent=0.5)
+    votes, norm = q.at(np.array([[2, 3, 1, 9], [1, 2, 3, 9]]))
+    # song 1 and 2 were played together by a and by b; 3 once with each of them (by b)
+    assert votes.tolist() == [[2.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
+    # plays: 1 -> 2, 2 -> 2, 3 -> 1: cosine votes divide by sqrt(plays x plays)
+    np.testing.assert_allclose(norm, [[2 / 2, 1 / np.sqrt(2), 0, 0], [1 / np.sqrt(2), 1 / np.sqrt(2), 0, 0]])
+    assert cooc.plays(np.array([1, 3, 9])).tolist() == [2.0, 1.0, 0.0]
+
+
+def test_cooccurrence_decays_in_events_and_prunes_to_the_strongest_neighbours() -> None:
+    cooc, recent = CoOccurrence(half_life_events=4.0, max_neighbours=1), RecentPlays(10)
+    _learn(cooc, recent, ["a", "a"], [1, 2])
+    cooc.learn(*(np.empty(0),) * 4, np.empty(0, np.int64), np.empty(0), n_events=4)  # four events elsewhere
+    votes, _ = cooc.query(np.array([[1]])).at(np.array([[2]]))
+    # the vote was cast at event 1 of 2, and 5 events have passed since: 2^(-5/4)
+    np.testing.assert_allclose(votes, [[2 ** (-5 / 4)]])
+    many = CoOccurrence(max_neighbours=1)
+    _learn(many, RecentPlays(10), ["a"] * 3 + ["b"] * 2, [1, 2, 3, 1, 2])
+    many._merge()
+    votes, _ = many.query(np.array([[1]])).at(np.array([[2, 3]]))
+    assert votes.tolist() == [[2.0, 0.0]]  # 1's only kept neighbour is its strongest
+
+
+def test_cooccurrence_top_is_the_same_asked_alone_or_in_a_batch() -> None:
+    rng = np.random.default_rng(3)
+    cooc, recent = CoOccurrence(), RecentPlays(20)
+    users = rng.integers(0, 30, 2000).astype(str).astype(object)
+    _learn(cooc, recent, list(users), list(rng.integers(0, 60, 2000)), window=10)
+    queries = recent.gather(np.array([str(u) for u in range(30)], dtype=object))
+    together = cooc.query(queries).top(12)
+    alone = np.vstack([cooc.query(queries[i:i + 1]).top(12) for i in range(len(queries))])
+    assert np.array_equal(together, alone)
+    assert (together[:, 0] >= 0).all()
+
+
+def test_skip_votes_are_negative() -> None:
+    cooc = CoOccurrence()
+    cooc.learn(np.array([1, 1]), np.array([2, 3]), np.array([1.0, -1.0]), np.array([0.0, 1.0]),
+               np.array([1, 2]), np.array([0.0, 0.0]), 2)
+    votes, _ = cooc.query(np.array([[1]])).at(np.array([[2, 3]]))
+    assert votes.tolist() == [[1.0, -1.0]]
+
+
+def _plays(songs: list[str]) -> EventBatch:
+    n = len(songs)
+    return EventBatch.from_columns(["u"] * n, songs, ts=np.arange(n, dtype=float))
+
+
+def test_popularity_ladder_decays_each_rung_and_picks_the_memory_that_predicts() -> None:
+    ladder = PopularityLadder((2.0, 0.0))
+    ladder.update(_plays(["a", "b"]))
+    np.testing.assert_allclose(ladder.scores(song_keys(["a", "b"])), [[2 ** -0.5, 1.0], [1.0, 1.0]])
+    # a stream whose taste flips: what was played lately predicts the next play, all-time counts do not
+    ladder = PopularityLadder((4.0, 0.0))
+    ladder.update(_plays(["old"] * 50))
+    for _ in range(20):
+        ladder.observe(song_keys(["new"]), np.array([1]))
+        ladder.update(_plays(["new"] * 3))
+    assert ladder.best == 0
+    assert ladder.hits[0] > ladder.hits[1]
+
+
+def test_ranker_learns_which_signal_predicts_the_choice() -> None:
+    rng = np.random.default_rng(0)
+    ranker = Ranker(2, hidden=4, initial=np.array([1.0, 0.0]), learning_rate=0.1)
+    users, cands = 64, 20
+    sizes = np.full(users, 50)
+    for _ in range(60):
+        f = rng.normal(size=(users, cands, 2))
+        chosen = np.argmax(f[..., 1], axis=1)  # the second signal decides, the first is noise
+        ranker.learn(f, np.ones((users, cands), bool), chosen, sizes)
+    f = rng.normal(size=(users, cands, 2))
+    hit = np.argmax(ranker.score(f, sizes), axis=1) == np.argmax(f[..., 1], axis=1)
+    assert hit.mean() > 0.9
+    assert ranker.lessons == 60 * users
+
+
+def test_ranker_ignores_plays_outside_the_candidates_and_checks_shapes() -> None:
+    ranker = Ranker(3, initial=np.array([1.0, 0.0, 0.0]))
+    before = ranker.linear.copy()
+    f = np.ones((2, 4, 3))
+    allowed = np.array([[True, True, False, True], [True] * 4])
+    assert ranker.learn(f, allowed, np.array([-1, -1]), np.array([0, 5])) == 0
+    assert ranker.learn(f, allowed, np.array([2, -1]), np.array([0, 5])) == 0  # chosen was filtered
+    assert np.array_equal(ranker.linear, before)
+    with pytest.raises(ValueError):
+        ranker.score(np.ones((2, 4, 2)), np.array([0, 5]))
+    with pytest.raises(ValueError):
+        Ranker(3, buckets=(5, 2))
