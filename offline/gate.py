@@ -17,10 +17,11 @@ import numpy as np
 from index_manager.artifacts import ModelArtifact
 from index_manager.keys import song_keys
 from online_models.config import OnlineConfig
+from online_models.features import index_candidates
 from online_models.interactions import Interactions
 from online_models.metrics import sampled_hit_ndcg
 from online_models.ranking import mask_seen, sample_unseen, seen_keys, take_top
-from online_models.scoring import RERANK_DEPTH, fold_in_rows, index_candidates, rerank
+from online_models.scoring import RERANK_DEPTH, fold_in_rows, rerank
 from online_models.serving import ServingModel
 
 NEGATIVES = 99

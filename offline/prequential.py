@@ -25,15 +25,17 @@ from online_models.base import Recommender
 from online_models.baselines import PeriodicRetrain, PopularityRecommender, StaticALS
 from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
+from online_models.itemknn import ItemKNN
 from online_models.online import OnlineALS
 
-MODELS = ("popularity", "static", "online", "retrain")
+MODELS = ("popularity", "static", "itemknn", "online", "retrain")
 
 
 def make_model(name: str, config: OnlineConfig, retrain_every: int) -> Recommender:
     factories: dict[str, Callable[[], Recommender]] = {
         "popularity": lambda: PopularityRecommender(config),
         "static": lambda: StaticALS(config),
+        "itemknn": lambda: ItemKNN(config),
         "online": lambda: OnlineALS(config),
         "retrain": lambda: PeriodicRetrain(config, every=retrain_every),
     }

@@ -59,9 +59,10 @@ class Ranker:
     def _forward(self, features: np.ndarray, history_sizes: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         b = self.bucket(history_sizes)
-        pre = features @ self.hidden_w + self.hidden_b
+        # einsum, not BLAS: a user's scores must not depend on how many users share the call
+        pre = np.einsum("umd,dh->umh", features, self.hidden_w) + self.hidden_b
         h = np.maximum(pre, 0.0)
-        return np.einsum("umd,ud->um", features, self.linear[b]) + h @ self.out, b, pre, h
+        return np.einsum("umd,ud->um", features, self.linear[b]) + np.einsum("umh,h->um", h, self.out), b, pre, h
 
     def score(self, features: np.ndarray, history_sizes: np.ndarray) -> np.ndarray:
         """(U, M) scores of (U, M, d) features for users with the given history sizes."""

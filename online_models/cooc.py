@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from online_models.batch import PLAY, SKIP, EventBatch
 from online_models.keyindex import KeyIndex
+from online_models.sequences import RecentPlays
 
 # scaled units: a vote at event t is stored as w * 2^(t/h); rebase before float64 overflows
 _REBASE_EXPONENT = 400.0
@@ -39,6 +41,13 @@ class CoocQuery:
         out = np.full((self.votes.shape[0], m), -1, np.int64)
         out[r, slot] = self.songs.keys[c]
         return out
+
+    def row_max(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's largest raw and normalised vote over every song (0 without any)."""
+        if self.votes.shape[1] == 0:
+            return np.zeros(self.votes.shape[0]), np.zeros(self.votes.shape[0])
+        return (np.maximum(self.votes.max(axis=1).toarray().ravel(), 0.0),
+                np.maximum(self.normalised.max(axis=1).toarray().ravel(), 0.0))
 
     def at(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw and normalised votes (0 where none) of the songs ``keys`` (U, M): row u for query user u."""
@@ -138,6 +147,24 @@ class CoOccurrence:
         keep = np.sort(order[rank < self.max_neighbours])  # row-major order, so the rows stay contiguous
         indptr = np.r_[0, np.cumsum(np.minimum(lengths, self.max_neighbours))]
         return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
+
+    def learn_events(self, recent: RecentPlays, events: EventBatch, skip_weight: float) -> None:
+        """Learn a batch and append its plays to ``recent``: a play votes for the songs its user
+        played within the last ``recent.length`` plays; a skip votes ``-skip_weight`` against the
+        songs its user had played as of the batch's start."""
+        plays = np.flatnonzero(events.kinds == PLAY)
+        skips = np.flatnonzero(events.kinds == SKIP)
+        before = recent.gather(events.user_ids[skips]) if len(skips) and skip_weight > 0 else None
+        pairs = recent.update(events.user_ids[plays], events.song_keys[plays], recent.length)
+        earlier, later, at = pairs.earlier, pairs.later, plays[pairs.event]
+        weights = np.ones(len(earlier))
+        if before is not None:
+            r, c = np.nonzero(before >= 0)
+            earlier, later = np.r_[earlier, before[r, c]], np.r_[later, events.song_keys[skips][r]]
+            weights = np.r_[weights, np.full(len(r), -skip_weight)]
+            at = np.r_[at, skips[r]]
+        self.learn(earlier, later, weights, at.astype(np.float64), events.song_keys[plays],
+                   plays.astype(np.float64), len(events))
 
     def plays(self, keys: np.ndarray) -> np.ndarray:
         """Decayed play counts of songs (0 for unknown ones), as of the latest event."""

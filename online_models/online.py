@@ -8,16 +8,32 @@ from typing import Any
 import numpy as np
 
 from index_manager.artifacts import new_version_name
-from index_manager.holder import ModelHolder
+from index_manager.holder import ModelHolder, Served
 from online_models.als import train_als
 from online_models.base import RecList, Recommender, check_request
-from online_models.batch import EventBatch
+from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
 from online_models.explain import explain, popular_list
+from online_models.features import Pool
 from online_models.interactions import Interactions
-from online_models.scoring import POPULARITY_VERSION, recommend
+from online_models.scoring import POPULARITY_VERSION, learn_ranker, recommend, user_pool
 from online_models.serving import ServingModel
 from online_models.state import OnlineState
+
+FIT_BATCH = 2048  # events per partial_fit when fit streams the second half of its log
+
+
+@dataclass(frozen=True)
+class LastPool:
+    """The pool of the latest request and what it was computed from."""
+
+    users: np.ndarray
+    stamps: np.ndarray
+    served: Served[ServingModel] | None
+    pool: Pool
+
+    def matches(self, users: np.ndarray, stamps: np.ndarray, served: Served[ServingModel] | None) -> bool:
+        return self.served is served and np.array_equal(self.users, users) and np.array_equal(self.stamps, stamps)
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,7 @@ class OnlineALS(Recommender):
         self.config = config or OnlineConfig()
         self.holder: ModelHolder[ServingModel] = holder or ModelHolder()
         self.state = state or OnlineState(self.config)
+        self._last_pool: LastPool | None = None
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -56,15 +73,38 @@ class OnlineALS(Recommender):
 
     # -- learning -----------------------------------------------------------------------------
     def fit(self, events: EventBatch) -> None:
-        """Train ALS on ``events`` and serve it; the events also become the users' online history."""
+        """Learn ``events`` as the product would have: the first half streamed into the online state,
+        ALS trained on it and served, the second half streamed under that version (the ranker
+        learns from its plays, as a worker does between retrains), then ALS retrained on all."""
         self.state = OnlineState(self.config)
-        self.partial_fit(events.sorted_by_time())
+        self._last_pool = None
+        ordered = events.sorted_by_time()
+        half = len(ordered) // 2
+        self.state.learn(ordered.take(slice(0, half)))
+        if half:
+            self.retrain(ordered.take(slice(0, half)))
+        for start in range(half, len(ordered), FIT_BATCH):
+            self.partial_fit(ordered.take(slice(start, start + FIT_BATCH)))
+        self.retrain(ordered)
+
+    def retrain(self, events: EventBatch) -> None:
+        """Train ALS on ``events`` and serve it; the online state is kept."""
         artifact = train_als(Interactions.from_events(events, self.config), self.config,
                              trained_on={"ts_min": float(events.ts.min()), "ts_max": float(events.ts.max()),
                                          "n_events": len(events)})
         self.install(ServingModel.from_artifact(artifact, new_version_name("als")))
 
     def partial_fit(self, events: EventBatch) -> np.ndarray:
+        """Learn a batch: first the ranker (what its plays say about the lists of the moment), then
+        every signal of the online state."""
+        served = self.holder.peek()
+        last, self._last_pool = self._last_pool, None
+        cached = None
+        if last is not None and len(events):
+            users = np.unique(events.user_ids[events.kinds == PLAY])
+            if last.matches(users, self.state.history.stamps(users), served):
+                cached = (last.users, last.pool)
+        learn_ranker(self.state, served, events, cached)
         return self.state.learn(events)
 
     def install(self, model: ServingModel) -> bool:
@@ -79,7 +119,12 @@ class OnlineALS(Recommender):
 
     # -- recommending -------------------------------------------------------------------------
     def recommend(self, user_ids: np.ndarray, k: int = 10) -> RecList:
-        return recommend(self.state, self.holder.peek(), check_request(user_ids, k), k)
+        users = check_request(user_ids, k)
+        served = self.holder.peek()
+        candidates = user_pool(self.state, served, users, k)
+        # kept for the next partial_fit: a replay asks for a batch's lists, then learns that batch
+        self._last_pool = LastPool(users, self.state.history.stamps(users), served, candidates)
+        return recommend(self.state, served, users, k, candidates)
 
     def serve(self, user_ids: np.ndarray, k: int) -> ServedLists:
         """The lists a reader is served: recommendations with their reasons, and the popular list."""

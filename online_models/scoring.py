@@ -1,56 +1,33 @@
-"""Scoring: candidates from several sources, merged, blended into one score, filtered and ranked.
+"""Scoring: a pool of candidates with their signals, one learned score, filtered and ranked.
 
 A request reads the online state and one served model version (taken once by the caller) and goes:
 
-1. **sources** each propose candidate songs per user and score every signal they can on them:
-   the index (nearest songs to the user's folded-in vector: the ``cf`` signal) and popularity;
-2. :meth:`Candidates.merge` puts them side by side (a song proposed twice keeps its first entry);
-3. :func:`blend` turns the signals into one score (today ``β·cf + (1-β)·popularity``, β growing
-   with what the model knows of the user);
-4. seen songs are filtered, the top is taken, NeuMF re-ranks it for users it knows and MMR
+1. the users' vectors are folded in against the version's item factors (cached per history);
+2. :func:`online_models.features.pool` gathers candidates from every source (popularity,
+   co-occurrence, the index) and scores every signal on each of them;
+3. the state's :class:`~online_models.blend.Ranker` turns the signals into one score;
+4. heard songs are filtered, the top is taken, NeuMF re-ranks it for users it knows and MMR
    diversifies it.
 
-A new signal (co-occurrence, a sequence model) is one more source and one more entry in
-``Candidates.signals``; the blend is the one place that weighs them.
+Learning goes through the same pool: before a batch is folded into the state, each sampled play
+teaches the ranker which of its user's candidates was chosen (:func:`learn_ranker`).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
 from index_manager.holder import Served
 from online_models.base import RecList
+from online_models.batch import PLAY, EventBatch
+from online_models.features import LESSON_K, Pool, pool
 from online_models.foldin import confidences, fold_in, fold_in_cg
-from online_models.history import UserRows
-from online_models.ranking import mask_seen, mmr, repeats, take_top
+from online_models.ranking import mmr, take_top
 from online_models.serving import ServingModel
 from online_models.state import OnlineState
 
 POPULARITY_VERSION = "popularity"  # the version lists carry while no model is served
 RERANK_DEPTH = 50  # first-stage candidates NeuMF re-orders per user
-SIGNALS = ("cf", "popularity")
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """Candidate songs per user, (U, M) arrays: song keys (-1 = none), whether each is within its
-    source's width for that user, and every signal's score on it."""
-
-    keys: np.ndarray
-    in_width: np.ndarray
-    signals: dict[str, np.ndarray]
-
-    @staticmethod
-    def merge(parts: list[Candidates]) -> Candidates:
-        return Candidates(np.concatenate([p.keys for p in parts], axis=1),
-                          np.concatenate([p.in_width for p in parts], axis=1),
-                          {name: np.concatenate([p.signals[name] for p in parts], axis=1) for name in SIGNALS})
-
-    def allowed(self) -> np.ndarray:
-        """Within width, a real song, and its first entry in the row."""
-        return self.in_width & (self.keys >= 0) & ~repeats(self.keys)
 
 
 # -- the user side: fold-in -----------------------------------------------------------------------
@@ -99,64 +76,6 @@ def user_vectors(state: OnlineState, model: ServingModel, users: np.ndarray) -> 
     return vectors, known
 
 
-# -- sources --------------------------------------------------------------------------------------
-def index_candidates(model: ServingModel, vectors: np.ndarray, width: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index candidates with exactly recomputed scores and each one's rank among them.
-
-    The index's own scores depend on how many queries share a call (FAISS switches to BLAS for
-    batches), so a few extra candidates are fetched and re-scored row by row: a user's answer is
-    then the same whether asked alone or in a batch."""
-    fetch = min(width + max(8, width // 8), len(model.index))
-    keys, _ = model.index.search(vectors, fetch)
-    rows = model.index.rows(keys)
-    exact = np.full(keys.shape, -np.inf, np.float32)
-    for start in range(0, len(keys), 512):  # bounds the (users x candidates x f) gather
-        part = slice(start, start + 512)
-        r = rows[part]
-        cand = model.index.factors[np.maximum(r, 0)]
-        dots = np.matmul(cand, vectors[part].astype(np.float32)[..., None])[..., 0]
-        exact[part] = np.where(r >= 0, dots, -np.inf)
-    order = np.lexsort((keys, -exact), axis=1)
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(keys.shape[1]), axis=1)
-    return keys, np.where(np.isfinite(exact), exact, 0.0).astype(np.float32), rank
-
-
-def from_index(state: OnlineState, model: ServingModel, vectors: np.ndarray, known: np.ndarray,
-               width: np.ndarray, pop_top: float | None) -> Candidates:
-    """The songs nearest each user's vector; none for a user the model knows nothing of."""
-    keys, cf, rank = index_candidates(model, vectors, int(width.max()))
-    popularity = (state.popularity.scores(keys) / pop_top).astype(np.float32) if pop_top is not None else \
-        np.zeros(keys.shape, np.float32)
-    keys = np.where((known == 0)[:, None], -1, keys)
-    return Candidates(keys, rank < width[:, None], {"cf": np.where(keys >= 0, cf, 0.0), "popularity": popularity})
-
-
-def from_popularity(state: OnlineState, model: ServingModel | None, vectors: np.ndarray | None,
-                    n_users: int, width: np.ndarray) -> tuple[Candidates, float | None]:
-    """The most popular songs now, the same for everyone; also the top count (the popularity scale,
-    None before any play)."""
-    pop_k, pop_c = state.popularity.top(int(width.max()))
-    top = float(pop_c[0]) if len(pop_c) else None
-    pop_norm = (pop_c / pop_c[0]).astype(np.float32) if len(pop_c) else pop_c.astype(np.float32)
-    n_pop = len(pop_k)
-    cf = np.zeros((n_users, n_pop), np.float32)
-    if model is not None and vectors is not None and n_pop:
-        rows = model.index.rows(pop_k)
-        # einsum, not BLAS: a row's dot products must not depend on how many users share the call
-        dots = np.einsum("uf,cf->uc", vectors, model.index.factors[np.maximum(rows, 0)])
-        cf = np.where(rows >= 0, dots, 0.0).astype(np.float32)  # songs newer than the model score 0
-    return Candidates(np.broadcast_to(pop_k, (n_users, n_pop)), np.arange(n_pop) < width[:, None],
-                      {"cf": cf, "popularity": np.broadcast_to(pop_norm, (n_users, n_pop))}), top
-
-
-def blend(candidates: Candidates, beta: np.ndarray) -> np.ndarray:
-    """One score per candidate: ``β·cf + (1-β)·popularity`` with the user's β."""
-    b = beta[:, None]
-    return (b * candidates.signals["cf"] + (1.0 - b) * candidates.signals["popularity"]).astype(np.float32)
-
-
 # -- ranking --------------------------------------------------------------------------------------
 def rerank(model: ServingModel, users: np.ndarray, keys: np.ndarray, scores: np.ndarray, use: np.ndarray,
            depth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,46 +94,64 @@ def rerank(model: ServingModel, users: np.ndarray, keys: np.ndarray, scores: np.
     return keys[:, :depth], scores[:, :depth]
 
 
-def recommend(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> RecList:
-    """Top-k per user from one candidate pool: the user's nearest songs in the index plus the most
-    popular songs, scored ``β·cf + (1-β)·popularity`` with ``β = n / (n + cold_start_events)`` for a
-    user with n songs the model knows. A new user therefore gets popularity, and the collaborative
-    signal takes over as their history grows (no hard switch)."""
-    config = state.config
-    seen = state.history.gather(users)
-    sizes = np.bincount(seen.slots, minlength=len(users))
-    # each user's own candidate width keeps a user's answer independent of who shares the batch
-    width = k + (np.zeros(len(users), np.int64) if config.relisten else np.minimum(sizes, config.candidates))
-    beta = np.zeros(len(users), np.float32)
+def user_pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> Pool:
+    """The users' candidates and signals under ``served`` (their vectors folded in first)."""
+    if served is None:
+        return pool(state, None, users, k)
+    vectors, known = user_vectors(state, served.model, users)
+    return pool(state, served, users, k, vectors, known)
+
+
+def recommend(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int,
+              candidates: Pool | None = None) -> RecList:
+    """Top-k per user: the ranker's score over the pool (``candidates``, when the caller has it)."""
+    p = candidates if candidates is not None else user_pool(state, served, users, k)
     model, version = (None, POPULARITY_VERSION) if served is None else served
-    vectors = known = None
-    if model is not None:
-        vectors, known = user_vectors(state, model, users)
-        n0 = config.cold_start_events
-        beta = (known / (known + n0) if n0 > 0 else (known > 0)).astype(np.float32)
-    popular, pop_top = from_popularity(state, model, vectors, len(users), width)
-    parts = [popular]
-    if model is not None and vectors is not None and known is not None:
-        parts.insert(0, from_index(state, model, vectors, known, width, pop_top))
-    candidates = Candidates.merge(parts)
-    keys, top = _rank(state, model, users, candidates, blend(candidates, beta), beta, seen, k)
+    scores = state.ranker.score(p.features, p.sizes).astype(np.float32)
+    keys, top = _rank(state, model, users, p, scores, k)
     return RecList(state.names_of(keys, None if model is None else model.index), top,
                    np.full(keys.shape, None, dtype=object), version)
 
 
-def _rank(state: OnlineState, model: ServingModel | None, users: np.ndarray, candidates: Candidates,
-          scores: np.ndarray, beta: np.ndarray, seen: UserRows, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Filter, take the top, re-rank (NeuMF) and diversify (MMR); (keys, scores) of k per user."""
-    allowed = candidates.allowed()
-    if not state.config.relisten:
-        allowed &= ~mask_seen(candidates.keys, seen.slots, seen.keys)
+def learn_ranker(state: OnlineState, served: Served[ServingModel] | None, events: EventBatch,
+                 candidates: tuple[np.ndarray, Pool] | None = None) -> int:
+    """Before ``events`` are folded in: each sampled play teaches the ranker which of its user's
+    candidates was chosen, and each play counts for the popularity half-life that predicted it.
+    ``candidates`` may hold (users, pool) computed just before for the same state (the replay's
+    lists); returns the plays learnt from."""
+    plays = np.flatnonzero(events.kinds == PLAY)
+    if not len(plays):
+        return 0
+    config = state.config
+    played = events.song_keys[plays]
+    heard = state.history.sizes(events.user_ids[plays])
+    state.popularity.observe(played, LESSON_K + np.minimum(heard, config.candidates))
+    if config.ranker_lessons == 0:
+        return 0
+    if len(plays) > config.ranker_lessons:  # an even, deterministic sample
+        pick = np.linspace(0, len(plays) - 1, config.ranker_lessons).astype(np.int64)
+        plays, played = plays[pick], played[pick]
+    users, inv = np.unique(events.user_ids[plays], return_inverse=True)
+    if candidates is not None and np.array_equal(candidates[0], users):
+        p = candidates[1]
+    else:
+        p = user_pool(state, served, users, LESSON_K)
+    match = (p.keys[inv] == played[:, None]) & p.allowed[inv]
+    chosen = np.where(match.any(axis=1), np.argmax(match, axis=1), -1)
+    return state.ranker.learn(p.features[inv], p.allowed[inv], chosen, p.sizes[inv])
+
+
+def _rank(state: OnlineState, model: ServingModel | None, users: np.ndarray, p: Pool, scores: np.ndarray,
+          k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Take the top of the allowed candidates, re-rank (NeuMF) and diversify (MMR); k per user."""
     ranker = None if model is None else model.ranker
     diverse = model is not None and state.config.diversity > 0
     depth = max(k, RERANK_DEPTH) if ranker is not None or diverse else k
-    keys, top = take_top(candidates.keys, scores, allowed, depth)
+    keys, top = take_top(p.keys, scores, p.allowed, depth)
     if model is not None and ranker is not None:
-        # users NeuMF was trained on and whose lists are mostly collaborative (β >= 1/2)
-        use = np.flatnonzero((ranker.user_rows(users) >= 0) & (beta >= 0.5))
+        # users NeuMF was trained on whose lists are mostly collaborative: it knows enough of their songs
+        n0 = state.config.cold_start_events
+        use = np.flatnonzero((ranker.user_rows(users) >= 0) & (p.known >= max(n0, 1e-9)))
         keys, top = rerank(model, users, keys, top, use, depth)
     if model is not None and diverse:
         keys, top = mmr(keys, top, model.index, state.config.diversity, k)
