@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from online_models.batch import PLAY, SKIP, EventBatch
 from online_models.keyindex import KeyIndex
+from online_models.ranking import heard
 from online_models.sequences import RecentPlays
 
 # scaled units: a vote at event t is stored as w * 2^(t/h); rebase before float64 overflows
@@ -33,14 +34,25 @@ class CoocQuery:
     normalised: sp.csr_matrix
     songs: KeyIndex  # column of each song key (columns added after the query are out of range)
 
-    def top(self, m: int) -> np.ndarray:
-        """(U, m) keys of up to ``m`` songs per user, half by normalised and half by raw votes; -1 pads."""
-        picked = _top_per_row(self.normalised, m - m // 2) + _top_per_row(self.votes, m // 2)
+    def top(self, m: int, skip: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """(U, m) keys of up to ``m`` songs per user, half by normalised and half by raw votes; -1
+        pads. ``skip`` = (user rows, song keys) never proposed: the songs a user co-played most
+        are often their own, which must not take the room of the ones they have not heard."""
+        picked = _top_per_row(self._without(self.normalised, skip), m - m // 2) + \
+            _top_per_row(self._without(self.votes, skip), m // 2)
         r, c = picked.nonzero()  # row-major
         slot = np.arange(len(r)) - np.searchsorted(r, r)
         out = np.full((self.votes.shape[0], m), -1, np.int64)
         out[r, slot] = self.songs.keys[c]
         return out
+
+    def _without(self, m: sp.csr_matrix, skip: tuple[np.ndarray, np.ndarray] | None) -> sp.csr_matrix:
+        if skip is None or not len(skip[0]) or not m.nnz:
+            return m
+        rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+        drop = heard(rows, self.songs.keys[m.indices], *skip)
+        # copies: a matrix sharing the query's index arrays would re-sort them under its data
+        return sp.csr_matrix((np.where(drop, 0.0, m.data), m.indices.copy(), m.indptr.copy()), shape=m.shape)
 
     def row_max(self) -> tuple[np.ndarray, np.ndarray]:
         """Each user's largest raw and normalised vote over every song (0 without any)."""
@@ -189,13 +201,15 @@ class CoOccurrence:
         qn = q @ norm
         normalised = ((qn @ self._main + qn @ self._delta) @ norm).tocsr()
         # the scale cancels in the normalised votes only when exponent is 1/2
-        return CoocQuery(votes * self._now(), normalised * self._now() ** (1.0 - 2.0 * exponent), self.songs)
+        votes, normalised = votes * self._now(), normalised * self._now() ** (1.0 - 2.0 * exponent)
+        votes.sort_indices()  # once, here: lookups need sorted rows and must never re-sort shared arrays
+        normalised.sort_indices()
+        return CoocQuery(votes, normalised, self.songs)
 
 
 def _values_at(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """m[rows, cols] element-wise for arrays of one shape (0 where cols is -1 or the entry is empty)."""
-    m = m.tocsr()
-    m.sort_indices()
+    """m[rows, cols] element-wise for arrays of one shape (0 where cols is -1 or the entry is empty);
+    ``m`` has sorted indices."""
     n_cols = max(m.shape[1], 1)
     nz_rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
     codes = nz_rows * n_cols + m.indices
@@ -208,9 +222,7 @@ def _values_at(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
 
 def _top_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
     """0/1 matrix marking each row's ``n`` largest positive entries (ties: lower column first), so a
-    row's answer never depends on the other rows of the call."""
-    m = m.tocsr()
-    m.sort_indices()
+    row's answer never depends on the other rows of the call; ``m`` has sorted indices."""
     lengths = np.diff(m.indptr)
     width = int(lengths.max(initial=0))
     if width == 0 or n <= 0:

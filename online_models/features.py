@@ -113,7 +113,8 @@ def pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndar
     widths = k + (np.zeros(n, np.int64) if config.relisten else np.minimum(sizes, config.candidates))
     pop_keys, pop_rank = _popular(state, widths)
     query = state.cooc.query(state.recent.gather(users))
-    blocks = [np.broadcast_to(pop_keys, (n, len(pop_keys))), query.top(config.cooc_candidates)]
+    skip = None if config.relisten else (heard_slots, heard_keys)
+    blocks = [np.broadcast_to(pop_keys, (n, len(pop_keys))), query.top(config.cooc_candidates, skip)]
     in_width = [pop_rank[None, :] < widths[:, None], np.ones(blocks[1].shape, bool)]
     model = None if served is None else served.model
     known = np.zeros(n, np.int64) if known is None else known

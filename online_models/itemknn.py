@@ -61,7 +61,8 @@ class ItemKNN(Recommender):
     def recommend(self, user_ids: np.ndarray, k: int = 10) -> RecList:
         users = check_request(user_ids, k)
         query = self.cooc.query(self.recent.gather(users), exponent=EXPONENT)
-        near = query.top(self.config.cooc_candidates)
+        heard = self.seen.history.seen(users)
+        near = query.top(self.config.cooc_candidates, None if self.config.relisten else heard)
         _, votes = query.at(near)
         best = self.popularity.best
         popular = self.popularity.top(self.seen.width(users, k), best)
@@ -73,7 +74,7 @@ class ItemKNN(Recommender):
         scores = np.concatenate([np.where(votes > 0, 1.0 + rel, -np.inf), fill], axis=1).astype(np.float32)
         allowed = (keys >= 0) & ~repeats(keys)
         if not self.config.relisten:
-            allowed &= ~mask_seen(keys, *self.seen.history.seen(users))
+            allowed &= ~mask_seen(keys, *heard)
         top_k, top_s = take_top(keys, scores, allowed, k)
         names = np.array([self._names.get(int(x), "") for x in top_k.ravel()], dtype=object).reshape(top_k.shape)
         return RecList(names, top_s, np.full(top_k.shape, None, dtype=object), self.name)
