@@ -46,7 +46,7 @@ class SASRecConfig:
     """
 
     factors: int = setting(64, "MUSICREC_SASREC_FACTORS",
-                           "SASRec embedding width d: user states and item embeddings (the retrieval space) live in this space.",
+                           "SASRec embedding width: user states and item embeddings (the retrieval space) live in it.",
                            gt=0)
     max_len: int = setting(50, "MUSICREC_SASREC_MAX_LEN",
                            "Most recent plays a SASRec user state is computed from (and training window length).",

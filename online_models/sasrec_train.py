@@ -154,7 +154,7 @@ def _validation_hr(net: SASRecBackend, val: _Validation) -> float:
 
 
 def train_sasrec(events: EventBatch, config: SASRecConfig | None = None, backend: str = "torch",
-                 show_progress: bool = False, on_epoch: Callable[[dict[str, float]], object] | None = None
+                 show_progress: bool = False, on_epoch: Callable[[dict[str, float | None]], object] | None = None
                  ) -> SASRecModel:
     """Train on the plays of ``events`` (skips as hard negatives); early stopping on validation HR@10
     of held-out last plays (:func:`_split_validation`), keeping the best epoch's weights."""
@@ -171,7 +171,7 @@ def train_sasrec(events: EventBatch, config: SASRecConfig | None = None, backend
     from tqdm import tqdm
 
     best_hr, best_epoch, best_weights, stale = -1.0, 0, net.weights(), 0
-    history: list[dict[str, float]] = []
+    history: list[dict[str, float | None]] = []
     for epoch in range(config.epochs):
         batches = epoch_batches(sample_rng, windows, train, config)
         started = time.perf_counter()
@@ -180,7 +180,9 @@ def train_sasrec(events: EventBatch, config: SASRecConfig | None = None, backend
             loss = net.train_epoch(batches, config.learning_rate, bar.update)
         seconds = time.perf_counter() - started
         hr = _validation_hr(net, val)
-        history.append({"epoch": epoch + 1, "loss": loss, "val_hr@10": hr, "seconds": seconds})
+        # JSON has no NaN: an epoch without validation users records None
+        history.append({"epoch": epoch + 1, "loss": loss, "val_hr@10": None if math.isnan(hr) else hr,
+                        "seconds": seconds})
         if on_epoch is not None:
             on_epoch(history[-1])
         if show_progress:
