@@ -25,6 +25,7 @@ from online_models.content import attach_projection
 from online_models.ncf_config import NCFConfig
 from online_models.ncf_train import train_ncf
 from online_models.sasrec_spec import SASRecConfig
+from online_models.sasrec_train import sasrec_artifact, train_sasrec
 from online_models.sequences import RecentPlays
 
 
@@ -63,8 +64,6 @@ def retrain(log: EventLog, artifacts_dir: str | Path, config: OnlineConfig, trai
         # fold-in of online users needs the same weighting the ALS path uses
         artifact.params.update(alpha=config.alpha, regularization=config.regularization)
     elif train.model == "sasrec":
-        from online_models.sasrec_train import sasrec_artifact, train_sasrec  # loads torch only when used
-
         events = log.read(since, until, exclude_holdout=len(users) > 0)
         model = train_sasrec(events, sasrec_config or SASRecConfig(), train.backend, show_progress=show_progress)
         artifact = sasrec_artifact(model, events, trained_on)
