@@ -38,10 +38,17 @@ def make_model(name: str, config: OnlineConfig, retrain_every: int) -> Recommend
         "itemknn": lambda: ItemKNN(config),
         "online": lambda: OnlineALS(config),
         "retrain": lambda: PeriodicRetrain(config, every=retrain_every),
+        "sequence": lambda: _sequence(config),
     }
     if name not in factories:
-        raise ValueError(f"unknown model {name!r} for the prequential protocol; choose from {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {name!r} for the prequential protocol; choose from {', '.join(factories)}")
     return factories[name]()
+
+
+def _sequence(config: OnlineConfig) -> Recommender:
+    from online_models.sequence import SASRecRecommender  # the sequence model's modules load only when asked for
+
+    return SASRecRecommender(online=config)
 
 
 @dataclass

@@ -18,7 +18,8 @@ from online_models.ncf import NCFScorer
 from online_models.ncf_config import NCFConfig
 from online_models.ranking import take_top
 
-MODELS = ("als", "ncf", "ncf-mlx", "ncf-rerank", "ncf-dot", "implicit-als", "implicit-bpr", "popularity")
+MODELS = ("als", "ncf", "ncf-mlx", "ncf-rerank", "ncf-dot", "implicit-als", "implicit-bpr", "popularity", "sasrec",
+          "sasrec-mlx")
 RERANK_CANDIDATES = 200
 # (users x songs) cells scored per chunk in full-catalog ranking: ~16 MB of float64 scores
 _CHUNK_CELLS = 1 << 21
@@ -307,4 +308,8 @@ def make_scorer(name: str, seed: int = 0, ncf_config: NCFConfig | None = None,
         return ImplicitScorer(name.split("-")[1], seed)
     if name == "popularity":
         return PopularityScorer()
+    if name in ("sasrec", "sasrec-mlx"):
+        from offline.loo_sasrec import SASRecConfig, SASRecScorer  # imports this module: loaded on first use
+
+        return SASRecScorer("mlx" if name == "sasrec-mlx" else "torch", SASRecConfig(seed=seed), show_progress)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")

@@ -11,8 +11,6 @@ costs in proportion to its own votes, not to the whole matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import scipy.sparse as sp
 
@@ -25,48 +23,57 @@ from online_models.sequences import RecentPlays
 _REBASE_EXPONENT = 400.0
 
 
-@dataclass(frozen=True)
 class CoocQuery:
-    """Votes of U users' recent songs for every song, sparse (U, songs): ``votes`` raw, and
-    ``normalised`` with each vote divided by (plays of one song x plays of the other) ** exponent."""
+    """Votes of U users' recent songs for every song they reach, as one sparse row layout (CSR:
+    ``indptr``, sorted column ``cols``) with two aligned values: ``votes`` raw, and ``normalised``
+    with each vote divided by (plays of one song x plays of the other) ** exponent."""
 
-    votes: sp.csr_matrix
-    normalised: sp.csr_matrix
-    songs: KeyIndex  # column of each song key (columns added after the query are out of range)
+    def __init__(self, indptr: np.ndarray, cols: np.ndarray, votes: np.ndarray, normalised: np.ndarray,
+                 songs: KeyIndex, n_cols: int) -> None:
+        self.indptr, self.cols, self.votes, self.normalised = indptr, cols, votes, normalised
+        self.songs = songs  # column of each song key (columns added after the query are out of range)
+        self.n_cols = n_cols
+        self.rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        self._codes = self.rows * max(n_cols, 1) + cols  # sorted: rows in order, sorted columns within
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
 
     def top(self, m: int, skip: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """(U, m) keys of up to ``m`` songs per user, half by normalised and half by raw votes; -1
         pads. ``skip`` = (user rows, song keys) never proposed: the songs a user co-played most
         are often their own, which must not take the room of the ones they have not heard."""
-        picked = _top_per_row(self._without(self.normalised, skip), m - m // 2) + \
-            _top_per_row(self._without(self.votes, skip), m // 2)
-        r, c = picked.nonzero()  # row-major
-        slot = np.arange(len(r)) - np.searchsorted(r, r)
-        out = np.full((self.votes.shape[0], m), -1, np.int64)
-        out[r, slot] = self.songs.keys[c]
+        out = np.full((len(self), m), -1, np.int64)
+        if not len(self.cols) or m <= 0:
+            return out
+        keep = self.votes > 0
+        if skip is not None and len(skip[0]):
+            keep &= ~heard(self.rows, self.songs.keys[self.cols], *skip)
+        picked = _top_per_row(self.indptr, np.where(keep, self.normalised, -np.inf), m - m // 2) | \
+            _top_per_row(self.indptr, np.where(keep, self.votes, -np.inf), m // 2)
+        at = np.flatnonzero(picked)  # row-major, so each row's picks are contiguous
+        rows = self.rows[at]
+        slot = np.arange(len(at)) - np.searchsorted(rows, rows)
+        out[rows, slot] = self.songs.keys[self.cols[at]]
         return out
-
-    def _without(self, m: sp.csr_matrix, skip: tuple[np.ndarray, np.ndarray] | None) -> sp.csr_matrix:
-        if skip is None or not len(skip[0]) or not m.nnz:
-            return m
-        rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-        drop = heard(rows, self.songs.keys[m.indices], *skip)
-        # copies: a matrix sharing the query's index arrays would re-sort them under its data
-        return sp.csr_matrix((np.where(drop, 0.0, m.data), m.indices.copy(), m.indptr.copy()), shape=m.shape)
 
     def row_max(self) -> tuple[np.ndarray, np.ndarray]:
         """Each user's largest raw and normalised vote over every song (0 without any)."""
-        if self.votes.shape[1] == 0:
-            return np.zeros(self.votes.shape[0]), np.zeros(self.votes.shape[0])
-        return (np.maximum(self.votes.max(axis=1).toarray().ravel(), 0.0),
-                np.maximum(self.normalised.max(axis=1).toarray().ravel(), 0.0))
+        top_votes, top_normalised = np.zeros(len(self)), np.zeros(len(self))
+        np.maximum.at(top_votes, self.rows, self.votes)
+        np.maximum.at(top_normalised, self.rows, self.normalised)
+        return top_votes, top_normalised
 
     def at(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw and normalised votes (0 where none) of the songs ``keys`` (U, M): row u for query user u."""
         cols = self.songs.lookup(keys)
-        cols = np.where(cols < self.votes.shape[1], cols, -1)
-        rows = np.broadcast_to(np.arange(len(keys))[:, None], keys.shape)
-        return _values_at(self.votes, rows, cols), _values_at(self.normalised, rows, cols)
+        cols = np.where(cols < self.n_cols, cols, -1)
+        if not len(self._codes):
+            return np.zeros(keys.shape), np.zeros(keys.shape)
+        want = np.arange(len(keys))[:, None] * max(self.n_cols, 1) + np.maximum(cols, 0)
+        pos = np.minimum(np.searchsorted(self._codes, want), len(self._codes) - 1)
+        found = (self._codes[pos] == want) & (cols >= 0)
+        return np.where(found, self.votes[pos], 0.0), np.where(found, self.normalised[pos], 0.0)
 
 
 class CoOccurrence:
@@ -191,52 +198,60 @@ class CoOccurrence:
             raise ValueError(f"recent must be a 2-d array of song keys, got shape {recent.shape}")
         if exponent < 0:
             raise ValueError("exponent must be >= 0")
-        n = len(self.songs)
+        n, users = len(self.songs), len(recent)
         rows = self.songs.lookup(recent)
         u, j = np.nonzero(rows >= 0)
-        q = sp.csr_matrix((np.ones(len(u)), (u, rows[u, j])), shape=(len(recent), n))
-        # two products, never main + delta: adding them would cost the whole matrix per query
-        votes = (q @ self._main + q @ self._delta).tocsr()
-        norm = sp.diags(np.maximum(self._plays[:n], 1e-300) ** -exponent)
-        qn = q @ norm
-        normalised = ((qn @ self._main + qn @ self._delta) @ norm).tocsr()
-        # the scale cancels in the normalised votes only when exponent is 1/2
-        votes, normalised = votes * self._now(), normalised * self._now() ** (1.0 - 2.0 * exponent)
-        votes.sort_indices()  # once, here: lookups need sorted rows and must never re-sort shared arrays
-        normalised.sort_indices()
-        return CoocQuery(votes, normalised, self.songs)
+        cols = rows[u, j]
+        now = self._now()
+        norm = np.maximum(self._plays[:n], 1e-300) ** -exponent
+        # one product for both values: the query stacked twice, raw then scaled by the recent
+        # songs' norms (the candidates' norms are applied after); the halves share one pattern
+        data = np.r_[np.full(len(u), now), norm[cols] * now ** (1.0 - 2.0 * exponent)]
+        q = sp.csr_matrix((data, (np.r_[u, u + users], np.r_[cols, cols])), shape=(2 * users, n))
+        both = q @ self._main
+        if self._delta.nnz:
+            both = both + q @ self._delta
+        both = both.tocsr()
+        both.sort_indices()
+        raw_part, norm_part = both[:users], both[users:]
+        if raw_part.nnz != norm_part.nnz or not np.array_equal(raw_part.indices, norm_part.indices) or \
+                not np.array_equal(raw_part.indptr, norm_part.indptr):
+            # a vote summing to exactly 0 (plays and skips cancelling) is dropped from one half only
+            norm_part = (raw_part != 0).multiply(1.0).tocsr()  # the raw pattern...
+            norm_part.data = _values_in(both[users:], raw_part)  # ...holding the normalised sums
+        cols_out = raw_part.indices.astype(np.int64)
+        normalised = norm_part.data * norm[cols_out]
+        return CoocQuery(raw_part.indptr.astype(np.int64), cols_out, raw_part.data, normalised, self.songs, n)
 
 
-def _values_at(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """m[rows, cols] element-wise for arrays of one shape (0 where cols is -1 or the entry is empty);
-    ``m`` has sorted indices."""
-    n_cols = max(m.shape[1], 1)
-    nz_rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
-    codes = nz_rows * n_cols + m.indices
-    want = np.asarray(rows, np.int64) * n_cols + np.maximum(cols, 0)
-    if not len(codes):
-        return np.zeros(want.shape)
-    pos = np.minimum(np.searchsorted(codes, want), len(codes) - 1)
-    return np.where((codes[pos] == want) & (cols >= 0), m.data[pos], 0.0)
+def _values_in(source: sp.csr_matrix, pattern: sp.csr_matrix) -> np.ndarray:
+    """``source``'s values at each stored entry of ``pattern`` (0 where it has none); both sorted."""
+    n_cols = max(source.shape[1], 1)
+    have = np.repeat(np.arange(source.shape[0]), np.diff(source.indptr)) * n_cols + source.indices
+    want = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr)) * n_cols + pattern.indices
+    if not len(have):
+        return np.zeros(len(want))
+    pos = np.minimum(np.searchsorted(have, want), len(have) - 1)
+    return np.where(have[pos] == want, source.data[pos], 0.0)
 
 
-def _top_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
-    """0/1 matrix marking each row's ``n`` largest positive entries (ties: lower column first), so a
-    row's answer never depends on the other rows of the call; ``m`` has sorted indices."""
-    lengths = np.diff(m.indptr)
+def _top_per_row(indptr: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Boolean per entry: among its row's entries, one of the ``n`` largest finite values (ties:
+    lower column first, as entries are in column order), so a row's answer never depends on the
+    other rows of the call."""
+    chosen = np.zeros(len(values), bool)
+    lengths = np.diff(indptr)
     width = int(lengths.max(initial=0))
     if width == 0 or n <= 0:
-        return sp.csr_matrix(m.shape)
-    row = np.repeat(np.arange(m.shape[0]), lengths)
-    slot = np.arange(m.nnz) - m.indptr[row]
-    dense = np.full((m.shape[0], width), -np.inf)
-    dense[row, slot] = np.where(m.data > 0, m.data, -np.inf)
+        return chosen
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    slot = np.arange(len(values)) - indptr[rows]
+    dense = np.full((len(lengths), width), -np.inf)
+    dense[rows, slot] = values
     take = min(n, width)
     threshold = -np.partition(-dense, take - 1, axis=1)[:, take - 1:take]
     above = dense > threshold
-    at = (dense == threshold) & np.isfinite(dense)
+    tied = (dense == threshold) & np.isfinite(dense)
     room = take - above.sum(axis=1, keepdims=True)
-    chosen = above | (at & (np.cumsum(at, axis=1) <= room))
-    r, s = np.nonzero(chosen)
-    cols = m.indices[m.indptr[r] + s]
-    return sp.csr_matrix((np.ones(len(r)), (r, cols)), shape=m.shape)
+    pick = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    return pick[rows, slot]

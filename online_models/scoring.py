@@ -23,6 +23,7 @@ from online_models.batch import PLAY, EventBatch
 from online_models.features import LESSON_K, Pool, pool
 from online_models.foldin import confidences, fold_in, fold_in_cg
 from online_models.ranking import mmr, take_top
+from online_models.sasrec_serving import user_queries
 from online_models.serving import ServingModel
 from online_models.state import OnlineState
 
@@ -45,7 +46,9 @@ def user_vectors(state: OnlineState, model: ServingModel, users: np.ndarray) -> 
 
     A user's vector is cached with the model version and their history's generation: unchanged
     users cost nothing, users with new events take a few CG steps from their previous vector,
-    and the rest get the exact solve."""
+    and the rest get the exact solve. A sequence model (SASRec) reads the recent plays instead."""
+    if model.sequence is not None:
+        return user_queries(state, model, users)
     rows = state.history.gather(users)
     item_rows = model.index.rows(rows.keys)
     usable = item_rows >= 0

@@ -152,8 +152,8 @@ def replay(file: Annotated[Path, typer.Argument(help="generic event file (.csv/.
 
 
 @app.command()
-def retrain(model: Annotated[str | None, typer.Option(help="als or ncf (default MUSICREC_MODEL)")] = None,
-            backend: Annotated[str | None, typer.Option(help="NeuMF backend: torch or mlx")] = None,
+def retrain(model: Annotated[str | None, typer.Option(help="als, ncf or sasrec (default MUSICREC_MODEL)")] = None,
+            backend: Annotated[str | None, typer.Option(help="NeuMF / SASRec training backend: torch or mlx")] = None,
             data_dir: DataDir = None,
             until: Annotated[float | None, typer.Option(help="train on events with ts <= UNTIL")] = None,
             every: Annotated[str | None, typer.Option(help="run periodically, e.g. 30m, 1h (scheduler mode)")] = None,

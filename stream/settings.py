@@ -2,7 +2,7 @@
 
 Values resolve, highest first: explicit overrides (CLI flags) > environment > TOML config file
 (``MUSICREC_CONFIG`` or ``./musicrec.toml``) > declared default. Each config class is a section
-with its own namespace: a table ``[stream]``, ``[model]``, ``[train]`` or ``[ncf]`` in TOML, a
+with its own namespace: a table ``[stream]``, ``[model]``, ``[train]``, ``[ncf]`` or ``[sasrec]`` in TOML, a
 ``"section.field"`` key in overrides (a bare field name only where one section has it). Model
 hyper-parameters are declared next to the code that uses them (``online_models.config``) and only
 collected here. Nothing is read at import time: call :func:`load_settings`.
@@ -22,6 +22,7 @@ from offline.config import TrainConfig
 from online_models.base import MAX_K
 from online_models.config import OnlineConfig, check_ranges, setting
 from online_models.ncf_config import NCFConfig
+from online_models.sasrec_spec import SASRecConfig
 from stream.errors import ConfigError
 
 
@@ -70,9 +71,11 @@ class Settings:
     model: OnlineConfig
     train: TrainConfig
     ncf: NCFConfig
+    sasrec: SASRecConfig
 
 
-SECTIONS: dict[str, type] = {"stream": StreamConfig, "model": OnlineConfig, "train": TrainConfig, "ncf": NCFConfig}
+SECTIONS: dict[str, type] = {"stream": StreamConfig, "model": OnlineConfig, "train": TrainConfig, "ncf": NCFConfig,
+                             "sasrec": SASRecConfig}
 
 
 def _convert(raw: Any, typ: Any, where: str) -> Any:

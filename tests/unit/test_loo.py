@@ -20,6 +20,9 @@ from online_models.ncf_config import NCFConfig
 from tests.clustered import clustered_log
 
 QUICK_NCF = NCFConfig(epochs=2, val_users=40)
+# same class as another (ncf-mlx: test_ncf compares the backends) or trained at its default size
+# (sasrec: test_sasrec runs its scorer with a quick config)
+NOT_FITTED_HERE = ("ncf-mlx", "sasrec", "sasrec-mlx")
 
 
 def _gain(rank: int) -> float:
@@ -135,8 +138,8 @@ def fitted() -> tuple[dict[str, object], np.ndarray, np.ndarray]:
     cache: dict = {}  # type: ignore[type-arg]
     scorers = {}
     for name in MODELS:
-        if name == "ncf-mlx":
-            continue  # same class as "ncf"; test_ncf compares the backends
+        if name in NOT_FITTED_HERE:
+            continue
         scorer = make_scorer(name, ncf_config=QUICK_NCF, cache=cache)
         scorer.fit(train)
         scorers[name] = scorer
@@ -144,7 +147,7 @@ def fitted() -> tuple[dict[str, object], np.ndarray, np.ndarray]:
     return scorers, users, np.concatenate([songs[:, None], negs], axis=1)
 
 
-@pytest.mark.parametrize("name", [m for m in MODELS if m != "ncf-mlx"])
+@pytest.mark.parametrize("name", [m for m in MODELS if m not in NOT_FITTED_HERE])
 def test_batch_equals_single_user(fitted, name: str) -> None:  # type: ignore[no-untyped-def]
     scorers, users, cands = fitted
     scorer = scorers[name]
