@@ -18,12 +18,12 @@ import numpy as np
 from online_models.base import RecList, Recommender, check_request
 from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
+from online_models.features import index_candidates
 from online_models.ranking import mask_seen, take_top
 from online_models.sasrec import BACKENDS, SASRecModel
 from online_models.sasrec_serving import user_queries
 from online_models.sasrec_spec import SASRecConfig
 from online_models.sasrec_train import sasrec_artifact, train_sasrec
-from online_models.scoring import index_candidates
 from online_models.serving import ServingModel
 from online_models.state import OnlineState
 
@@ -74,14 +74,16 @@ class SASRecRecommender(Recommender):
         model = self.model
         if model is None:
             raise ValueError("fit() first")
-        seen = self.state.history.gather(users)
-        sizes = np.bincount(seen.slots, minlength=len(users))
+        heard_slots, heard_keys = self.state.history.seen(users)
+        sizes = np.bincount(heard_slots, minlength=len(users))
         # each user's own width keeps their answer independent of who shares the batch
         width = k + (np.zeros(len(users), np.int64) if self.online.relisten else sizes)
         vectors, known = user_queries(self.state, model, users)
         keys, scores, rank = index_candidates(model, vectors, min(int(width.max(initial=k)), len(model.index)))
         allowed = (rank < width[:, None]) & (known > 0)[:, None]
-        pop_k, pop_c = self.state.popularity.top(int(width.max(initial=k)))
+        ladder = self.state.popularity
+        pop_k = ladder.top(int(width.max(initial=k)), ladder.best)
+        pop_c = ladder.scores(pop_k)[:, ladder.best] if len(pop_k) else np.empty(0)
         cold = np.broadcast_to(pop_k, (len(users), len(pop_k)))
         # popularity only for users the model knows nothing of: below every model score, never mixed
         cold_ok = (known == 0)[:, None] & (np.arange(len(pop_k)) < width[:, None])
@@ -89,7 +91,7 @@ class SASRecRecommender(Recommender):
         scores = np.concatenate([scores, np.broadcast_to(pop_c.astype(np.float32), cold.shape)], axis=1)
         allowed = np.concatenate([allowed, cold_ok], axis=1) & (keys >= 0)
         if not self.online.relisten:
-            allowed &= ~mask_seen(keys, seen.slots, seen.keys)
+            allowed &= ~mask_seen(keys, heard_slots, heard_keys)
         top_k, top_s = take_top(keys, scores, allowed, k)
         names = self.state.names_of(top_k, model.index)
         return RecList(names, top_s, np.full(top_k.shape, None, dtype=object), VERSION)

@@ -17,10 +17,13 @@ from offline.eventlog import EventLog
 from offline.retrain import RetrainResult, retrain
 from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
+from online_models.features import feature_names
 from online_models.online import OnlineALS
+from online_models.ranking import take_top
 from online_models.sasrec import SASRecConfig, SASRecModel, build_sequences, right_aligned
 from online_models.sasrec_serving import apply_repeats
 from online_models.sasrec_spec import WEIGHTS_FILE
+from online_models.scoring import user_pool
 from online_models.serving import ServingModel
 from online_models.state import OnlineState
 
@@ -128,27 +131,35 @@ def _exact_top(model: SASRecModel, events: EventBatch, users: np.ndarray, k: int
     return out
 
 
+def _by_sequence_model(online: OnlineALS, users: np.ndarray, k: int) -> list[list[str]]:
+    """Each user's top-k of the served version's own signal (``cf``) over their pool of candidates:
+    what the sequence model contributes to the blend."""
+    served = online.holder.peek()
+    p = user_pool(online.state, served, users, k)
+    cf = p.features[..., feature_names(online.config).index("cf")].astype(np.float32)
+    keys, _ = take_top(p.keys, cf, p.allowed, k)
+    return [list(row) for row in online.state.names_of(keys, served.model.index if served else None)]
+
+
 def test_the_worker_serves_a_sasrec_version_from_recent_plays(trained) -> None:  # type: ignore[no-untyped-def]
     _, versions, result, events = trained
-    # cold_start_events=0: any known play makes the list the model's alone (no popularity blend)
-    online = OnlineALS(OnlineConfig(cold_start_events=0))
+    online = OnlineALS(OnlineConfig())
     online.partial_fit(events)
     serving = ServingModel.load(versions, result.version)
     assert online.install(serving)
     users = np.array([f"u{i}" for i in range(0, 60, 3)], dtype=object)
-    recs = online.recommend(users, k=5)
-    assert recs.version == result.version
+    assert online.recommend(users, k=5).version == result.version
     expected = _exact_top(SASRecModel.from_bytes(load_artifact(versions, result.version).files[WEIGHTS_FILE]),
                           events, users, 5)
-    assert [list(row) for row in recs.song_ids] == expected
-    # a new play moves the list without any training; a stranger gets popularity
-    again = online.recommend(users[:1], k=5)
-    assert list(again.song_ids[0]) == expected[0], "cached vector, same answer"
+    # the version's nearest songs to each user's sequence state are candidates, scored exactly
+    assert _by_sequence_model(online, users, 5) == expected
+    assert _by_sequence_model(online, users[:1], 5) == expected[:1], "cached vector, same answer"
+    # a new play moves the sequence state without any training; a stranger still gets a list
     nxt = expected[0][0]
     online.partial_fit(EventBatch.from_columns(np.array(["u0"], dtype=object), np.array([nxt], dtype=object),
                                                ts=np.array([1.8e9])))
-    moved = online.recommend(users[:1], k=5)
-    assert nxt not in moved.song_ids[0] and list(moved.song_ids[0]) != expected[0]
+    moved = _by_sequence_model(online, users[:1], 5)[0]
+    assert nxt not in moved and moved != expected[0]
     stranger = online.recommend(np.array(["stranger"], dtype=object), k=5)
     assert (stranger.song_ids[0] != "").all()
 
