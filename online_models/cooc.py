@@ -46,13 +46,21 @@ class CoocQuery:
         out = np.full((len(self), m), -1, np.int64)
         if not len(self.cols) or m <= 0:
             return out
-        keep = self.votes > 0
+        positive = self.votes > 0
+        room = np.zeros(len(self), np.int64)
         if skip is not None and len(skip[0]):
-            keep &= ~heard(self.rows, self.songs.keys[self.cols], *skip)
-        picked = _top_per_row(self.indptr, np.where(keep, self.normalised, -np.inf), m - m // 2) | \
-            _top_per_row(self.indptr, np.where(keep, self.votes, -np.inf), m // 2)
-        at = np.flatnonzero(picked)  # row-major, so each row's picks are contiguous
+            # room for each user's heard songs among the top, so only those few pairs are looked up
+            room = np.minimum(np.bincount(skip[0], minlength=len(self)), np.diff(self.indptr))
+        picked = _top_per_row(self.indptr, np.where(positive, self.normalised, -np.inf), m - m // 2 + room) | \
+            _top_per_row(self.indptr, np.where(positive, self.votes, -np.inf), m // 2 + room)
+        at = np.flatnonzero(picked)
+        if skip is not None and len(skip[0]):
+            at = at[~heard(self.rows[at], self.songs.keys[self.cols[at]], *skip)]
+        # of what is left, each user keeps the best m - m//2 by normalised and m//2 by raw votes
         rows = self.rows[at]
+        keep = (_rank_in_row(rows, self.normalised[at], self.cols[at]) < m - m // 2) | \
+            (_rank_in_row(rows, self.votes[at], self.cols[at]) < m // 2)
+        at, rows = at[keep], rows[keep]  # still row-major
         slot = np.arange(len(at)) - np.searchsorted(rows, rows)
         out[rows, slot] = self.songs.keys[self.cols[at]]
         return out
@@ -235,23 +243,35 @@ def _values_in(source: sp.csr_matrix, pattern: sp.csr_matrix) -> np.ndarray:
     return np.where(have[pos] == want, source.data[pos], 0.0)
 
 
-def _top_per_row(indptr: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Boolean per entry: among its row's entries, one of the ``n`` largest finite values (ties:
-    lower column first, as entries are in column order), so a row's answer never depends on the
-    other rows of the call."""
+def _rank_in_row(rows: np.ndarray, values: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Each entry's rank by descending value within its row (ties: lower column first); rows sorted."""
+    order = np.lexsort((cols, -values, rows))
+    rank = np.empty(len(rows), np.int64)
+    rank[order] = np.arange(len(rows)) - np.searchsorted(rows, rows[order])
+    return rank
+
+
+def _top_per_row(indptr: np.ndarray, values: np.ndarray, n: int | np.ndarray) -> np.ndarray:
+    """Boolean per entry: among its row's entries, one of the ``n`` (per row, or for all) largest
+    finite values (ties: lower column first, as entries are in column order), so a row's answer
+    never depends on the other rows of the call."""
     chosen = np.zeros(len(values), bool)
     lengths = np.diff(indptr)
+    n_rows = np.minimum(np.broadcast_to(np.asarray(n, np.int64), lengths.shape), lengths)
     width = int(lengths.max(initial=0))
-    if width == 0 or n <= 0:
+    take = int(n_rows.max(initial=0))
+    if width == 0 or take <= 0:
         return chosen
     rows = np.repeat(np.arange(len(lengths)), lengths)
     slot = np.arange(len(values)) - indptr[rows]
     dense = np.full((len(lengths), width), -np.inf)
     dense[rows, slot] = values
-    take = min(n, width)
-    threshold = -np.partition(-dense, take - 1, axis=1)[:, take - 1:take]
+    ordered = -np.partition(-dense, take - 1, axis=1)[:, :take] if take < width else \
+        -np.sort(-dense, axis=1)[:, :take]
+    ordered = -np.sort(-ordered, axis=1)  # the row's largest values, descending
+    threshold = np.where(n_rows > 0, ordered[np.arange(len(lengths)), np.maximum(n_rows - 1, 0)], np.inf)[:, None]
     above = dense > threshold
     tied = (dense == threshold) & np.isfinite(dense)
-    room = take - above.sum(axis=1, keepdims=True)
+    room = n_rows[:, None] - above.sum(axis=1, keepdims=True)
     pick = above | (tied & (np.cumsum(tied, axis=1) <= room))
     return pick[rows, slot]

@@ -62,15 +62,11 @@ class Pool:
 
 
 def _popular(state: OnlineState, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Songs in any rung's top list, and each one's best rank over the rungs."""
+    """The most popular songs at the half-life that predicts best, and each one's rank. (The other
+    half-lives' top songs add nothing here: measured on the early half of both logs.)"""
     ladder = state.popularity
-    width = int(widths.max(initial=0))
-    tops = [ladder.top(width, r) for r in range(len(ladder.half_lives))]
-    keys = np.unique(np.concatenate(tops)) if tops else np.empty(0, np.int64)
-    best = np.full(len(keys), np.iinfo(np.int64).max)
-    for top in tops:
-        np.minimum.at(best, np.searchsorted(keys, top), np.arange(len(top)))
-    return keys, best
+    top = ladder.top(int(widths.max(initial=0)), ladder.best)
+    return top, np.arange(len(top))
 
 
 def index_candidates(model: ServingModel, vectors: np.ndarray, width: int
@@ -112,7 +108,7 @@ def pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndar
     sizes = np.bincount(heard_slots, minlength=n)
     widths = k + (np.zeros(n, np.int64) if config.relisten else np.minimum(sizes, config.candidates))
     pop_keys, pop_rank = _popular(state, widths)
-    query = state.cooc.query(state.recent.gather(users))
+    query = state.cooc.query(state.recent.gather(users, config.cooc_query))
     skip = None if config.relisten else (heard_slots, heard_keys)
     blocks = [np.broadcast_to(pop_keys, (n, len(pop_keys))), query.top(config.cooc_candidates, skip)]
     in_width = [pop_rank[None, :] < widths[:, None], np.ones(blocks[1].shape, bool)]

@@ -11,29 +11,16 @@ from index_manager.artifacts import new_version_name
 from index_manager.holder import ModelHolder, Served
 from online_models.als import train_als
 from online_models.base import RecList, Recommender, check_request
-from online_models.batch import PLAY, EventBatch
+from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
 from online_models.explain import explain, popular_list
 from online_models.features import Pool
 from online_models.interactions import Interactions
-from online_models.scoring import POPULARITY_VERSION, learn_ranker, recommend, user_pool
+from online_models.scoring import POPULARITY_VERSION, ServedPool, learn_ranker, recommend, user_pool
 from online_models.serving import ServingModel
 from online_models.state import OnlineState
 
 FIT_BATCH = 2048  # events per partial_fit when fit streams the second half of its log
-
-
-@dataclass(frozen=True)
-class LastPool:
-    """The pool of the latest request and what it was computed from."""
-
-    users: np.ndarray
-    stamps: np.ndarray
-    served: Served[ServingModel] | None
-    pool: Pool
-
-    def matches(self, users: np.ndarray, stamps: np.ndarray, served: Served[ServingModel] | None) -> bool:
-        return self.served is served and np.array_equal(self.users, users) and np.array_equal(self.stamps, stamps)
 
 
 @dataclass(frozen=True)
@@ -65,7 +52,7 @@ class OnlineALS(Recommender):
         self.config = config or OnlineConfig()
         self.holder: ModelHolder[ServingModel] = holder or ModelHolder()
         self.state = state or OnlineState(self.config)
-        self._last_pool: LastPool | None = None
+        self._last_pool: ServedPool | None = None
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -97,14 +84,7 @@ class OnlineALS(Recommender):
     def partial_fit(self, events: EventBatch) -> np.ndarray:
         """Learn a batch: first the ranker (what its plays say about the lists of the moment), then
         every signal of the online state."""
-        served = self.holder.peek()
-        last, self._last_pool = self._last_pool, None
-        cached = None
-        if last is not None and len(events):
-            users = np.unique(events.user_ids[events.kinds == PLAY])
-            if last.matches(users, self.state.history.stamps(users), served):
-                cached = (last.users, last.pool)
-        learn_ranker(self.state, served, events, cached)
+        learn_ranker(self.state, self.holder.peek(), events, self._last_pool)
         return self.state.learn(events)
 
     def install(self, model: ServingModel) -> bool:
@@ -121,17 +101,22 @@ class OnlineALS(Recommender):
     def recommend(self, user_ids: np.ndarray, k: int = 10) -> RecList:
         users = check_request(user_ids, k)
         served = self.holder.peek()
+        return recommend(self.state, served, users, k, self._pool(served, users, k))
+
+    def _pool(self, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> Pool:
+        """The users' pool, kept for the next partial_fit: their next plays learn from what they were served."""
         candidates = user_pool(self.state, served, users, k)
-        # kept for the next partial_fit: a replay asks for a batch's lists, then learns that batch
-        self._last_pool = LastPool(users, self.state.history.stamps(users), served, candidates)
-        return recommend(self.state, served, users, k, candidates)
+        self._last_pool = ServedPool(users, self.state.history.stamps(users), served, candidates)
+        return candidates
 
     def serve(self, user_ids: np.ndarray, k: int) -> ServedLists:
         """The lists a reader is served: recommendations with their reasons, and the popular list."""
         users = check_request(user_ids, k)
         served = self.holder.peek()
-        recs = explain(self.state, served, users, recommend(self.state, served, users, k)) if len(users) else \
-            RecList.empty(0, k, POPULARITY_VERSION if served is None else served.version)
+        if len(users):
+            recs = explain(self.state, served, users, recommend(self.state, served, users, k, self._pool(served, users, k)))
+        else:
+            recs = RecList.empty(0, k, POPULARITY_VERSION if served is None else served.version)
         return ServedLists(recs, popular_list(self.state, served, k))
 
     def similar(self, song_ids: np.ndarray, k: int = 10) -> RecList:

@@ -15,6 +15,8 @@ teaches the ranker which of its user's candidates was chosen (:func:`learn_ranke
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from index_manager.holder import Served
@@ -116,32 +118,63 @@ def recommend(state: OnlineState, served: Served[ServingModel] | None, users: np
                    np.full(keys.shape, None, dtype=object), version)
 
 
+@dataclass(frozen=True)
+class ServedPool:
+    """The pool behind the latest lists served, and the histories and version it was computed from:
+    when one of these users plays next, that pool is exactly what the play chose from."""
+
+    users: np.ndarray
+    stamps: np.ndarray
+    served: Served[ServingModel] | None
+    pool: Pool
+
+    def rows_of(self, users: np.ndarray, stamps: np.ndarray, served: Served[ServingModel] | None) -> np.ndarray:
+        """Each user's row in this pool, -1 where absent or where their history has moved since."""
+        if self.served is not served or not len(self.users):
+            return np.full(len(users), -1, np.int64)
+        order = np.argsort(self.users)
+        pos = np.minimum(np.searchsorted(self.users[order], users), len(order) - 1)
+        row = order[pos]
+        return np.where((self.users[row] == users) & (self.stamps[row] == stamps), row, -1)
+
+
 def learn_ranker(state: OnlineState, served: Served[ServingModel] | None, events: EventBatch,
-                 candidates: tuple[np.ndarray, Pool] | None = None) -> int:
-    """Before ``events`` are folded in: each sampled play teaches the ranker which of its user's
-    candidates was chosen, and each play counts for the popularity half-life that predicted it.
-    ``candidates`` may hold (users, pool) computed just before for the same state (the replay's
-    lists); returns the plays learnt from."""
+                 last: ServedPool | None = None) -> int:
+    """Before ``events`` are folded in: sampled plays teach the ranker which of their user's
+    candidates was chosen, and every play counts for the popularity half-life that predicted it.
+    A play whose user was in ``last`` (the latest lists served, from the same history) learns from
+    that pool; a few others get a pool of their own. Returns the plays learnt from."""
     plays = np.flatnonzero(events.kinds == PLAY)
     if not len(plays):
         return 0
     config = state.config
+    users_of = events.user_ids[plays]
     played = events.song_keys[plays]
-    heard = state.history.sizes(events.user_ids[plays])
+    heard = state.history.sizes(users_of)
     state.popularity.observe(played, LESSON_K + np.minimum(heard, config.candidates))
     if config.ranker_lessons == 0:
         return 0
-    if len(plays) > config.ranker_lessons:  # an even, deterministic sample
-        pick = np.linspace(0, len(plays) - 1, config.ranker_lessons).astype(np.int64)
-        plays, played = plays[pick], played[pick]
-    users, inv = np.unique(events.user_ids[plays], return_inverse=True)
-    if candidates is not None and np.array_equal(candidates[0], users):
-        p = candidates[1]
-    else:
-        p = user_pool(state, served, users, LESSON_K)
-    match = (p.keys[inv] == played[:, None]) & p.allowed[inv]
+    rows = np.full(len(plays), -1, np.int64) if last is None else \
+        last.rows_of(users_of, state.history.stamps(users_of), served)
+    cached = _even_sample(np.flatnonzero(rows >= 0), config.ranker_lessons)
+    fresh = _even_sample(np.flatnonzero(rows < 0), max(config.ranker_lessons // 8, 1))
+    learnt = 0
+    if len(cached) and last is not None:
+        learnt += _lesson(state, last.pool, rows[cached], played[cached])
+    if len(fresh):
+        users, inv = np.unique(users_of[fresh], return_inverse=True)
+        learnt += _lesson(state, user_pool(state, served, users, LESSON_K), inv, played[fresh])
+    return learnt
+
+
+def _even_sample(idx: np.ndarray, n: int) -> np.ndarray:
+    return idx if len(idx) <= n else idx[np.linspace(0, len(idx) - 1, n).astype(np.int64)]
+
+
+def _lesson(state: OnlineState, p: Pool, rows: np.ndarray, played: np.ndarray) -> int:
+    match = (p.keys[rows] == played[:, None]) & p.allowed[rows]
     chosen = np.where(match.any(axis=1), np.argmax(match, axis=1), -1)
-    return state.ranker.learn(p.features[inv], p.allowed[inv], chosen, p.sizes[inv])
+    return state.ranker.learn(p.features[rows], p.allowed[rows], chosen, p.sizes[rows])
 
 
 def _rank(state: OnlineState, model: ServingModel | None, users: np.ndarray, p: Pool, scores: np.ndarray,
