@@ -26,7 +26,7 @@ _REBASE_EXPONENT = 400.0
 class CoocQuery:
     """Votes of U users' recent songs for every song they reach, as one sparse row layout (CSR:
     ``indptr``, sorted column ``cols``) with two aligned values: ``votes`` raw, and ``normalised``
-    with each vote divided by (plays of one song x plays of the other) ** exponent."""
+    divided by the candidate song's plays ** exponent (popular songs co-occur with everything)."""
 
     def __init__(self, indptr: np.ndarray, cols: np.ndarray, votes: np.ndarray, normalised: np.ndarray,
                  songs: KeyIndex, n_cols: int) -> None:
@@ -199,8 +199,12 @@ class CoOccurrence:
         counts = self._plays[np.maximum(rows, 0)] if len(self._plays) else np.zeros(rows.shape)
         return np.where(rows >= 0, counts, 0.0) * self._now()
 
-    def query(self, recent: np.ndarray, exponent: float = 0.5) -> CoocQuery:
-        """Votes of each user's ``recent`` (U, L) song keys (-1 padded) for every song."""
+    def query(self, recent: np.ndarray, exponent: float = 0.5, both_sides: bool = False) -> CoocQuery:
+        """Votes of each user's ``recent`` (U, L) song keys (-1 padded) for every song they reach;
+        the normalised votes divide by the candidate song's plays ** ``exponent``. With
+        ``both_sides`` each recent song's votes are divided by its own plays ** ``exponent`` too
+        (``votes`` are then weighted the same way): one product either way, where raw votes and
+        two-sided normalisation together would cost two."""
         recent = np.asarray(recent, np.int64)
         if recent.ndim != 2:
             raise ValueError(f"recent must be a 2-d array of song keys, got shape {recent.shape}")
@@ -209,38 +213,18 @@ class CoOccurrence:
         n, users = len(self.songs), len(recent)
         rows = self.songs.lookup(recent)
         u, j = np.nonzero(rows >= 0)
-        cols = rows[u, j]
         now = self._now()
-        norm = np.maximum(self._plays[:n], 1e-300) ** -exponent
-        # one product for both values: the query stacked twice, raw then scaled by the recent
-        # songs' norms (the candidates' norms are applied after); the halves share one pattern
-        data = np.r_[np.full(len(u), now), norm[cols] * now ** (1.0 - 2.0 * exponent)]
-        q = sp.csr_matrix((data, (np.r_[u, u + users], np.r_[cols, cols])), shape=(2 * users, n))
-        both = q @ self._main
-        if self._delta.nnz:
-            both = both + q @ self._delta
-        both = both.tocsr()
-        both.sort_indices()
-        raw_part, norm_part = both[:users], both[users:]
-        if raw_part.nnz != norm_part.nnz or not np.array_equal(raw_part.indices, norm_part.indices) or \
-                not np.array_equal(raw_part.indptr, norm_part.indptr):
-            # a vote summing to exactly 0 (plays and skips cancelling) is dropped from one half only
-            norm_part = (raw_part != 0).multiply(1.0).tocsr()  # the raw pattern...
-            norm_part.data = _values_in(both[users:], raw_part)  # ...holding the normalised sums
-        cols_out = raw_part.indices.astype(np.int64)
-        normalised = norm_part.data * norm[cols_out]
-        return CoocQuery(raw_part.indptr.astype(np.int64), cols_out, raw_part.data, normalised, self.songs, n)
-
-
-def _values_in(source: sp.csr_matrix, pattern: sp.csr_matrix) -> np.ndarray:
-    """``source``'s values at each stored entry of ``pattern`` (0 where it has none); both sorted."""
-    n_cols = max(source.shape[1], 1)
-    have = np.repeat(np.arange(source.shape[0]), np.diff(source.indptr)) * n_cols + source.indices
-    want = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr)) * n_cols + pattern.indices
-    if not len(have):
-        return np.zeros(len(want))
-    pos = np.minimum(np.searchsorted(have, want), len(have) - 1)
-    return np.where(have[pos] == want, source.data[pos], 0.0)
+        plays = np.maximum(self._plays[:n] * now, 1e-300)
+        weight = plays[rows[u, j]] ** -exponent if both_sides else np.ones(len(u))
+        q = sp.csr_matrix((weight * now, (u, rows[u, j])), shape=(users, n))
+        votes = q @ self._main
+        if self._delta.nnz:  # two products, never main + delta: adding those would cost the whole matrix
+            votes = votes + q @ self._delta
+        votes = votes.tocsr()
+        votes.sort_indices()
+        cols = votes.indices.astype(np.int64)
+        return CoocQuery(votes.indptr.astype(np.int64), cols, votes.data, votes.data * plays[cols] ** -exponent,
+                         self.songs, n)
 
 
 def _rank_in_row(rows: np.ndarray, values: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -256,22 +240,20 @@ def _top_per_row(indptr: np.ndarray, values: np.ndarray, n: int | np.ndarray) ->
     finite values (ties: lower column first, as entries are in column order), so a row's answer
     never depends on the other rows of the call."""
     chosen = np.zeros(len(values), bool)
-    lengths = np.diff(indptr)
-    n_rows = np.minimum(np.broadcast_to(np.asarray(n, np.int64), lengths.shape), lengths)
-    width = int(lengths.max(initial=0))
-    take = int(n_rows.max(initial=0))
-    if width == 0 or take <= 0:
-        return chosen
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    slot = np.arange(len(values)) - indptr[rows]
-    dense = np.full((len(lengths), width), -np.inf)
-    dense[rows, slot] = values
-    ordered = -np.partition(-dense, take - 1, axis=1)[:, :take] if take < width else \
-        -np.sort(-dense, axis=1)[:, :take]
-    ordered = -np.sort(-ordered, axis=1)  # the row's largest values, descending
-    threshold = np.where(n_rows > 0, ordered[np.arange(len(lengths)), np.maximum(n_rows - 1, 0)], np.inf)[:, None]
-    above = dense > threshold
-    tied = (dense == threshold) & np.isfinite(dense)
-    room = n_rows[:, None] - above.sum(axis=1, keepdims=True)
-    pick = above | (tied & (np.cumsum(tied, axis=1) <= room))
-    return pick[rows, slot]
+    wanted = np.broadcast_to(np.asarray(n, np.int64), (len(indptr) - 1,))
+    # one partition per user (rows are a few thousand entries; padding them into one dense array
+    # cost more than the loop)
+    for row, (a, b) in enumerate(zip(indptr[:-1].tolist(), indptr[1:].tolist(), strict=True)):
+        take = int(wanted[row])
+        if b == a or take <= 0:
+            continue
+        vals = values[a:b]
+        finite = np.isfinite(vals)
+        if int(finite.sum()) <= take:
+            chosen[a:b] = finite
+            continue
+        threshold = np.partition(vals, len(vals) - take)[len(vals) - take]
+        above = vals > threshold
+        tied = vals == threshold
+        chosen[a:b] = above | (tied & (np.cumsum(tied) <= take - int(above.sum())))
+    return chosen

@@ -60,7 +60,7 @@ class ItemKNN(Recommender):
 
     def recommend(self, user_ids: np.ndarray, k: int = 10) -> RecList:
         users = check_request(user_ids, k)
-        query = self.cooc.query(self.recent.gather(users), exponent=EXPONENT)
+        query = self.cooc.query(self.recent.gather(users), exponent=EXPONENT, both_sides=True)
         heard = self.seen.history.seen(users)
         near = query.top(self.config.cooc_candidates, None if self.config.relisten else heard)
         _, votes = query.at(near)

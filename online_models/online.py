@@ -114,7 +114,8 @@ class OnlineALS(Recommender):
         users = check_request(user_ids, k)
         served = self.holder.peek()
         if len(users):
-            recs = explain(self.state, served, users, recommend(self.state, served, users, k, self._pool(served, users, k)))
+            lists = recommend(self.state, served, users, k, self._pool(served, users, k))
+            recs = explain(self.state, served, users, lists)
         else:
             recs = RecList.empty(0, k, POPULARITY_VERSION if served is None else served.version)
         return ServedLists(recs, popular_list(self.state, served, k))
