@@ -164,15 +164,20 @@ class CoOccurrence:
         self._main = self._prune(merged)
 
     def _prune(self, m: sp.csr_matrix) -> sp.csr_matrix:
-        """Keep each row's ``max_neighbours`` largest votes, once rows exceed it by a quarter."""
+        """Cut rows grown past 1.5 x ``max_neighbours`` back to their ``max_neighbours`` largest votes
+        (ties: lower column), sorting only those rows."""
         lengths = np.diff(m.indptr)
-        if m.nnz <= 1.25 * self.max_neighbours * max(m.shape[0], 1) or lengths.max(initial=0) <= self.max_neighbours:
+        # a row is cut back once it has half as many again: far fewer sorts for a little more memory
+        over = lengths > self.max_neighbours + self.max_neighbours // 2
+        if not over.any():
             return m
-        row = np.repeat(np.arange(m.shape[0]), lengths)
-        order = np.lexsort((m.indices, -m.data, row))
-        rank = np.arange(m.nnz) - m.indptr[row[order]]
-        keep = np.sort(order[rank < self.max_neighbours])  # row-major order, so the rows stay contiguous
-        indptr = np.r_[0, np.cumsum(np.minimum(lengths, self.max_neighbours))]
+        at = np.flatnonzero(np.repeat(over, lengths))  # entries of the long rows, row-major
+        rows = np.repeat(np.arange(m.shape[0]), lengths)[at]
+        order = np.lexsort((m.indices[at], -m.data[at], rows))
+        rank = np.arange(len(at)) - np.searchsorted(rows[order], rows[order])
+        keep = np.ones(m.nnz, bool)
+        keep[at[order[rank >= self.max_neighbours]]] = False
+        indptr = np.r_[0, np.cumsum(np.where(over, self.max_neighbours, lengths))]
         return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
 
     def learn_events(self, recent: RecentPlays, events: EventBatch, skip_weight: float) -> None:

@@ -11,16 +11,17 @@ from index_manager.artifacts import new_version_name
 from index_manager.holder import ModelHolder, Served
 from online_models.als import train_als
 from online_models.base import RecList, Recommender, check_request
-from online_models.batch import EventBatch
+from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
 from online_models.explain import explain, popular_list
-from online_models.features import Pool
+from online_models.features import LESSON_K, Pool
 from online_models.interactions import Interactions
-from online_models.scoring import POPULARITY_VERSION, ServedPool, learn_ranker, recommend, user_pool
+from online_models.scoring import POPULARITY_VERSION, ServedPool, ServedPools, learn_ranker, recommend, user_pool
 from online_models.serving import ServingModel
 from online_models.state import OnlineState
 
-FIT_BATCH = 2048  # events per partial_fit when fit streams the second half of its log
+FIT_BATCH = 2048  # events per partial_fit when a baseline streams its log through its own learning
+REPLAY_BATCH = 256  # events per batch of a replay (the evaluation's micro-batch)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class OnlineALS(Recommender):
         self.config = config or OnlineConfig()
         self.holder: ModelHolder[ServingModel] = holder or ModelHolder()
         self.state = state or OnlineState(self.config)
-        self._last_pool: ServedPool | None = None
+        self._served_pools = ServedPools()
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -64,15 +65,25 @@ class OnlineALS(Recommender):
         ALS trained on it and served, the second half streamed under that version (the ranker
         learns from its plays, as a worker does between retrains), then ALS retrained on all."""
         self.state = OnlineState(self.config)
-        self._last_pool = None
+        self._served_pools.clear()
         ordered = events.sorted_by_time()
         half = len(ordered) // 2
         self.state.learn(ordered.take(slice(0, half)))
         if half:
             self.retrain(ordered.take(slice(0, half)))
-        for start in range(half, len(ordered), FIT_BATCH):
-            self.partial_fit(ordered.take(slice(start, start + FIT_BATCH)))
+        self.replay(ordered.take(slice(half, None)))
         self.retrain(ordered)
+
+    def replay(self, events: EventBatch, batch: int = REPLAY_BATCH) -> None:
+        """Learn ``events`` (in time order) as a live stream teaches: each batch's users are served
+        their lists, then the batch is learnt, so every play is a lesson for the ranker. The way
+        to warm a new model, or a worker's ranker after a restart, from the tail of a log."""
+        for start in range(0, len(events), batch):
+            part = events.take(slice(start, start + batch))
+            users = np.unique(part.user_ids[part.kinds == PLAY])
+            if len(users):
+                self.recommend(users, LESSON_K)
+            self.partial_fit(part)
 
     def retrain(self, events: EventBatch) -> None:
         """Train ALS on ``events`` and serve it; the online state is kept."""
@@ -84,7 +95,7 @@ class OnlineALS(Recommender):
     def partial_fit(self, events: EventBatch) -> np.ndarray:
         """Learn a batch: first the ranker (what its plays say about the lists of the moment), then
         every signal of the online state."""
-        learn_ranker(self.state, self.holder.peek(), events, self._last_pool)
+        learn_ranker(self.state, self.holder.peek(), events, self._served_pools)
         return self.state.learn(events)
 
     def install(self, model: ServingModel) -> bool:
@@ -106,7 +117,7 @@ class OnlineALS(Recommender):
     def _pool(self, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> Pool:
         """The users' pool, kept for the next partial_fit: their next plays learn from what they were served."""
         candidates = user_pool(self.state, served, users, k)
-        self._last_pool = ServedPool(users, self.state.history.stamps(users), served, candidates)
+        self._served_pools.add(ServedPool(users, self.state.history.stamps(users), served, candidates))
         return candidates
 
     def serve(self, user_ids: np.ndarray, k: int) -> ServedLists:

@@ -15,6 +15,7 @@ teaches the ranker which of its user's candidates was chosen (:func:`learn_ranke
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,10 @@ from online_models.state import OnlineState
 
 POPULARITY_VERSION = "popularity"  # the version lists carry while no model is served
 RERANK_DEPTH = 50  # first-stage candidates NeuMF re-orders per user
+# plays whose user was not in the latest lists get pools of their own: at most this fraction of the
+# lessons, since each costs a request's work (a worker's small batches rarely repeat a user)
+FRESH_SHARE = 32
+SERVED_USERS = 1024  # users' pools kept for the lessons of their next plays (~30 kB each)
 
 
 # -- the user side: fold-in -----------------------------------------------------------------------
@@ -138,12 +143,50 @@ class ServedPool:
         return np.where((self.users[row] == users) & (self.stamps[row] == stamps), row, -1)
 
 
+class ServedPools:
+    """The pools behind the latest lists served, newest last, holding at most ``max_users`` users'
+    rows in all (a worker's batches are small when the stream is quiet: a user's previous play is
+    then several batches back)."""
+
+    def __init__(self, max_users: int = SERVED_USERS) -> None:
+        self.max_users = max_users
+        self._pools: deque[ServedPool] = deque()
+        self._users = 0
+
+    def add(self, pool: ServedPool) -> None:
+        self._pools.append(pool)
+        self._users += len(pool.users)
+        while len(self._pools) > 1 and self._users > self.max_users:
+            self._users -= len(self._pools.popleft().users)
+
+    def clear(self) -> None:
+        self._pools.clear()
+        self._users = 0
+
+    def find(self, users: np.ndarray, stamps: np.ndarray, served: Served[ServingModel] | None
+             ) -> list[tuple[Pool, np.ndarray, np.ndarray]]:
+        """(pool, indices into ``users``, rows in that pool) for users served since their history last
+        moved, newest pool first."""
+        found = []
+        left = np.arange(len(users))
+        for entry in reversed(self._pools):
+            if not len(left):
+                break
+            rows = entry.rows_of(users[left], stamps[left], served)
+            hit = rows >= 0
+            if hit.any():
+                found.append((entry.pool, left[hit], rows[hit]))
+                left = left[~hit]
+        return found
+
+
 def learn_ranker(state: OnlineState, served: Served[ServingModel] | None, events: EventBatch,
-                 last: ServedPool | None = None) -> int:
+                 pools: ServedPools | None = None) -> int:
     """Before ``events`` are folded in: sampled plays teach the ranker which of their user's
     candidates was chosen, and every play counts for the popularity half-life that predicted it.
-    A play whose user was in ``last`` (the latest lists served, from the same history) learns from
-    that pool; a few others get a pool of their own. Returns the plays learnt from."""
+    A play whose user was served since their previous event learns from that pool (exactly what
+    it chose from); only when no play of the batch was, a few get pools of their own. Returns the
+    plays learnt from."""
     plays = np.flatnonzero(events.kinds == PLAY)
     if not len(plays):
         return 0
@@ -154,14 +197,16 @@ def learn_ranker(state: OnlineState, served: Served[ServingModel] | None, events
     state.popularity.observe(played, LESSON_K + np.minimum(heard, config.candidates))
     if config.ranker_lessons == 0:
         return 0
-    rows = np.full(len(plays), -1, np.int64) if last is None else \
-        last.rows_of(users_of, state.history.stamps(users_of), served)
-    cached = _even_sample(np.flatnonzero(rows >= 0), config.ranker_lessons)
-    fresh = _even_sample(np.flatnonzero(rows < 0), max(config.ranker_lessons // 8, 1))
+    found = [] if pools is None else pools.find(users_of, state.history.stamps(users_of), served)
+    n_found = sum(len(idx) for _, idx, _ in found)
     learnt = 0
-    if len(cached) and last is not None:
-        learnt += _lesson(state, last.pool, rows[cached], played[cached])
-    if len(fresh):
+    for served_pool, idx, rows in found:  # each pool's share of an even sample of the lessons
+        share = max(1, round(config.ranker_lessons * len(idx) / n_found)) if n_found > config.ranker_lessons \
+            else len(idx)
+        pick = _even_sample(np.arange(len(idx)), share)
+        learnt += _lesson(state, served_pool, rows[pick], played[idx[pick]])
+    if not n_found:
+        fresh = _even_sample(np.arange(len(plays)), max(config.ranker_lessons // FRESH_SHARE, 1))
         users, inv = np.unique(users_of[fresh], return_inverse=True)
         learnt += _lesson(state, user_pool(state, served, users, LESSON_K), inv, played[fresh])
     return learnt
