@@ -68,7 +68,7 @@ class OnlineConfig:
     cooc_neighbours: int = setting(200, "MUSICREC_COOC_NEIGHBOURS", "Strongest co-played songs kept per song (bounds the co-occurrence memory).", gt=0)
     cooc_half_life_events: float = setting(0.0, "MUSICREC_COOC_HALF_LIFE_EVENTS", "Half-life of co-occurrence votes in events; 0 = no decay (memory is bounded by MUSICREC_COOC_NEIGHBOURS).", ge=0)
     cooc_query: int = setting(50, "MUSICREC_COOC_QUERY", "Latest plays of a user whose co-played songs become candidates (at most MUSICREC_RECENT_PLAYS).", gt=0)
-    cooc_candidates: int = setting(100, "MUSICREC_COOC_CANDIDATES", "Songs per user proposed by co-occurrence with their recent plays.", gt=0)
+    cooc_candidates: int = setting(20, "MUSICREC_COOC_CANDIDATES", "Songs per user proposed by co-occurrence with their recent plays (its votes are a signal on every candidate; as a source it brings songs newer than the model).", gt=0)
     ranker_hidden: int = setting(16, "MUSICREC_RANKER_HIDDEN", "Hidden units of the learned ranker over the signals (0 = linear only).", ge=0)
     ranker_learning_rate: float = setting(0.05, "MUSICREC_RANKER_LEARNING_RATE", "AdaGrad step of the learned ranker.", gt=0)
     ranker_lessons: int = setting(256, "MUSICREC_RANKER_LESSONS", "Plays per micro-batch the ranker learns from (an even sample when there are more; 0 = it never learns).", ge=0)
