@@ -135,7 +135,10 @@ def create_app(settings: Settings) -> FastAPI:
 
 def _add_routes(app: FastAPI, settings: Settings) -> None:
     key = settings.stream.api_key
-    guard = [key_guard(key)] if key else []
+    try:
+        guard = [key_guard(key)] if key else []
+    except ValueError as exc:
+        raise ConfigError(f"MUSICREC_API_KEY: {exc}") from exc
     locked: Responses = UNAUTHORIZED if key else {}
     max_batch = settings.stream.api_max_batch
 

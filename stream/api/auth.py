@@ -27,7 +27,9 @@ def key_guard(key: str) -> DependsParam:
     """A dependency that refuses requests without ``key`` (a non-empty string)."""
     if not isinstance(key, str) or not key:
         raise ValueError("an API key is a non-empty string")
-    expected = key.encode("utf-8")
+    if not all("!" <= c <= "~" for c in key):  # what an HTTP header can carry as a bearer token
+        raise ValueError("an API key is printable ASCII without spaces")
+    expected = key.encode("ascii")
 
     def require_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         offered = b"" if credentials is None else credentials.credentials.encode("utf-8", "surrogateescape")
