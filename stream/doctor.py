@@ -48,8 +48,8 @@ class Doctor:
 
     def run(self) -> list[Check]:
         steps: list[tuple[str, Callable[[], tuple[str, str]]]] = [
-            ("kafka", self.kafka), ("topics", self.topic_check), ("redis", self.redis_check), ("data dir", self.data_dir),
-            ("model", self.model), ("workers", self.workers)]
+            ("kafka", self.kafka), ("topics", self.topic_check), ("redis", self.redis_check),
+            ("data dir", self.data_dir), ("model", self.model), ("workers", self.workers)]
         out = []
         for name, step in steps:
             try:

@@ -33,7 +33,8 @@ MAX_EVENTS = 200
 
 # the id rules of the event contract, stated in the spec (an id is one path segment or more: "/" is
 # allowed and sent percent-encoded; "." and ".." cannot be sent in a URL path: use POST /recs/batch)
-_ID = dict(min_length=1, max_length=MAX_ID_CHARS, pattern=id_pattern(),
+# (stated in the schema only: check_id enforces them, with the contract's reasons and a 400)
+_ID = dict(json_schema_extra={"minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": id_pattern()},
            description=f"1..{MAX_ID_CHARS} characters, not only whitespace, no control characters; "
                        "percent-encoded in the path")
 UserId = Annotated[str, PathParam(**_ID)]
@@ -57,7 +58,8 @@ def get_similar(request: Request, song_id: SongId, k: Page = 10) -> SimilarOut:
     try:
         model, version = state.monitor.index.holder.get()  # one read: the song and its neighbours from one version
     except NoModel as exc:
-        if state.monitor.snapshot.published_version is None:
+        snap = state.monitor.snapshot
+        if snap.redis_error is None and snap.published_version is None:  # known: nothing is published
             raise HTTPException(404, f"song {song_id!r} is not in any model: no version is published yet") from exc
         raise  # published but not loaded (yet, or refused): 503, the API's own state
     if model.index.rows(song_keys([song_id]))[0] < 0:
