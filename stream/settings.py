@@ -25,8 +25,10 @@ from online_models.ncf_config import NCFConfig
 from online_models.sasrec_spec import SASRecConfig
 from stream.errors import ConfigError
 
+SECRET_FIELDS = frozenset({"kafka_sasl_password", "api_key"})
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class StreamConfig:
     kafka_bootstrap: str = setting("", "KAFKA_BOOTSTRAP", "Kafka bootstrap servers (host:port,...). Empty: commands that can start an embedded broker do so.")
     redis_url: str = setting("", "REDIS_URL", "Redis URL (redis:// or rediss://, may carry user:password). Empty: embedded redis-server where allowed.")
@@ -48,9 +50,18 @@ class StreamConfig:
     kafka_sasl_username: str = setting("", "KAFKA_SASL_USERNAME", "SASL user name.")
     kafka_sasl_password: str = setting("", "KAFKA_SASL_PASSWORD", "SASL password (never logged).")
     kafka_ssl_cafile: str = setting("", "KAFKA_SSL_CAFILE", "CA bundle to verify the brokers' TLS certificates.")
+    worker_id: str = setting("", "MUSICREC_WORKER_ID", "Stable name of a worker in metrics and stats (the Prometheus `worker` label); empty = the host name. Give each worker on one host its own.")
+    api_key: str = setting("", "MUSICREC_API_KEY", "Key the read API requires as `Authorization: Bearer <key>` on every endpoint but /health and /metrics; empty = open. Never logged.")
+    api_max_batch: int = setting(1000, "MUSICREC_API_MAX_BATCH", "Most items in one POST /events or POST /recs/batch request.", gt=0, le=100_000)
 
     def __post_init__(self) -> None:
         check_ranges(self)
+
+    def __repr__(self) -> str:
+        # settings end up in tracebacks and debug logs; secrets must not
+        shown = {f.name: "***" if f.name in SECRET_FIELDS and getattr(self, f.name) else getattr(self, f.name)
+                 for f in fields(self)}
+        return f"StreamConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
     def log_dir(self) -> Path:
