@@ -18,10 +18,17 @@ RESTORE_CHUNK = 200_000  # events folded in at a time while rebuilding
 
 
 def restore(parts: WorkerParts, chunk: int = RESTORE_CHUNK) -> int:
-    """Rebuild the online state from the event log (the state's source of truth); returns events read."""
+    """Rebuild the online state from the event log (the state's source of truth) and serve the
+    published version; the log's last ``warmup_events`` are replayed under that version as a live
+    stream (lists, then events), which teaches the ranker again. Returns events read."""
     events = parts.log.read()
-    for start in range(0, len(events), chunk):
-        parts.model.partial_fit(events.take(slice(start, start + chunk)))
+    tail = max(len(events) - parts.settings.stream.warmup_events, 0)
+    for start in range(0, tail, chunk):
+        parts.model.partial_fit(events.take(slice(start, min(start + chunk, tail))))
+    candidate = parts.versions.prepare(parts.registry.published())
+    if candidate is not None:
+        parts.install(candidate)
+    parts.model.replay(events.take(slice(tail, None)))
     parts.active.touch(events.user_ids[-ACTIVE_USERS:].tolist())
     # what Kafka may redeliver (not yet committed when the last worker stopped) is in the log and
     # therefore already in the state just rebuilt: remember the log's newest event ids
@@ -41,9 +48,6 @@ def start_worker(settings: Settings, loglevel: str = "warn") -> None:
     ensure_topics(cfg)
     parts = WorkerParts.build(settings, connect(cfg.redis_url))
     n = restore(parts)
-    candidate = parts.versions.prepare(parts.registry.published())
-    if candidate is not None:
-        parts.install(candidate)
     written = parts.active.refresh(parts.lists)
     print(f"worker {parts.worker_id}: restored {n} events from {cfg.log_dir}, model "
           f"{parts.model.holder.version or 'none (popularity)'}, refreshed {written} users", file=sys.stderr)

@@ -71,7 +71,7 @@ def test_the_ranker_learns_to_trust_collaborative_signals_for_warm_users() -> No
     model.fit(log)
     ranker = model.state.ranker
     names = feature_names(model.config)
-    assert ranker.lessons > 500
+    assert ranker.lessons > 300  # plays whose song was among the candidates
     warm = ranker.linear[ranker.bucket(np.array([20]))[0]]
     # it starts from popularity alone; on a log made of two taste clusters, the stream teaches it
     # that the user's co-played songs and folded-in vector matter
