@@ -140,7 +140,7 @@ class CoOccurrence:
             votes = sp.csr_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
             votes.sum_duplicates()
             self._delta = (self._delta + votes).tocsr()
-            if self._delta.nnz * 8 > max(self._main.nnz, 1 << 16):
+            if self._delta.nnz * 4 > max(self._main.nnz, 1 << 16):
                 self._merge()
         self.clock += int(n_events)
 

@@ -16,7 +16,15 @@ from online_models.config import OnlineConfig
 from online_models.explain import explain, popular_list
 from online_models.features import LESSON_K, Pool
 from online_models.interactions import Interactions
-from online_models.scoring import POPULARITY_VERSION, ServedPool, ServedPools, learn_ranker, recommend, user_pool
+from online_models.scoring import (
+    FRESH_EVERY,
+    POPULARITY_VERSION,
+    ServedPool,
+    ServedPools,
+    learn_ranker,
+    recommend,
+    user_pool,
+)
 from online_models.serving import ServingModel
 from online_models.state import OnlineState
 
@@ -54,6 +62,7 @@ class OnlineALS(Recommender):
         self.holder: ModelHolder[ServingModel] = holder or ModelHolder()
         self.state = state or OnlineState(self.config)
         self._served_pools = ServedPools()
+        self._batches = 0
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -95,7 +104,9 @@ class OnlineALS(Recommender):
     def partial_fit(self, events: EventBatch) -> np.ndarray:
         """Learn a batch: first the ranker (what its plays say about the lists of the moment), then
         every signal of the online state."""
-        learn_ranker(self.state, self.holder.peek(), events, self._served_pools)
+        self._batches += 1
+        learn_ranker(self.state, self.holder.peek(), events, self._served_pools,
+                     fresh=self._batches % FRESH_EVERY == 0)
         return self.state.learn(events)
 
     def install(self, model: ServingModel) -> bool:

@@ -33,9 +33,11 @@ from online_models.state import OnlineState
 POPULARITY_VERSION = "popularity"  # the version lists carry while no model is served
 RERANK_DEPTH = 50  # first-stage candidates NeuMF re-orders per user
 # plays whose user was not in the latest lists get pools of their own: at most this fraction of the
-# lessons, since each costs a request's work (a worker's small batches rarely repeat a user)
+# lessons, and only every FRESH_EVERY batches, since each costs a request's work (a worker's small
+# batches rarely repeat a user)
 FRESH_SHARE = 32
-SERVED_USERS = 1024  # users' pools kept for the lessons of their next plays (~30 kB each)
+FRESH_EVERY = 4
+SERVED_USERS = 512  # users' pools kept for the lessons of their next plays (~15 kB each)
 
 
 # -- the user side: fold-in -----------------------------------------------------------------------
@@ -181,12 +183,12 @@ class ServedPools:
 
 
 def learn_ranker(state: OnlineState, served: Served[ServingModel] | None, events: EventBatch,
-                 pools: ServedPools | None = None) -> int:
+                 pools: ServedPools | None = None, fresh: bool = True) -> int:
     """Before ``events`` are folded in: sampled plays teach the ranker which of their user's
     candidates was chosen, and every play counts for the popularity half-life that predicted it.
     A play whose user was served since their previous event learns from that pool (exactly what
-    it chose from); only when no play of the batch was, a few get pools of their own. Returns the
-    plays learnt from."""
+    it chose from); when no play of the batch was, and ``fresh`` allows, a few get pools of their
+    own. Returns the plays learnt from."""
     plays = np.flatnonzero(events.kinds == PLAY)
     if not len(plays):
         return 0
@@ -205,10 +207,10 @@ def learn_ranker(state: OnlineState, served: Served[ServingModel] | None, events
             else len(idx)
         pick = _even_sample(np.arange(len(idx)), share)
         learnt += _lesson(state, served_pool, rows[pick], played[idx[pick]])
-    if not n_found:
-        fresh = _even_sample(np.arange(len(plays)), max(config.ranker_lessons // FRESH_SHARE, 1))
-        users, inv = np.unique(users_of[fresh], return_inverse=True)
-        learnt += _lesson(state, user_pool(state, served, users, LESSON_K), inv, played[fresh])
+    if not n_found and fresh:
+        fresh_plays = _even_sample(np.arange(len(plays)), max(config.ranker_lessons // FRESH_SHARE, 1))
+        users, inv = np.unique(users_of[fresh_plays], return_inverse=True)
+        learnt += _lesson(state, user_pool(state, served, users, LESSON_K), inv, played[fresh_plays])
     return learnt
 
 
