@@ -10,6 +10,7 @@ from stream.kafka_io import ensure_topics
 from stream.redis_store import connect
 from stream.settings import Settings
 from stream.worker.lists import ACTIVE_USERS
+from stream.worker.memory import pin_mmap_threshold
 from stream.worker.parts import WorkerParts
 
 LOG_LEVELS = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
@@ -43,6 +44,7 @@ def start_worker(settings: Settings, loglevel: str = "warn") -> None:
     if loglevel not in LOG_LEVELS:
         raise ValueError(f"--loglevel must be one of {', '.join(LOG_LEVELS)}")
     logging.basicConfig(level=LOG_LEVELS[loglevel], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pin_mmap_threshold()
     cfg = settings.stream
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
     ensure_topics(cfg)
