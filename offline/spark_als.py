@@ -42,7 +42,8 @@ from online_models.interactions import Interactions
 
 @contextmanager
 def spark_session(master: str, partitions: int = 0, app_name: str = "musicrec-retrain") -> Iterator[Any]:
-    """A Spark session on ``master`` (``local[*]``, ``spark://host:7077``), stopped on exit.
+    """A Spark session on ``master`` (``local[*]``, ``spark://host:7077``), stopped on exit unless it
+    was already active (then it is the caller's, with the caller's master).
     ``partitions`` is the shuffle width (0: Spark's default parallelism, i.e. the cluster's cores)."""
     try:
         from pyspark.sql import SparkSession
@@ -56,6 +57,7 @@ def spark_session(master: str, partitions: int = 0, app_name: str = "musicrec-re
                .config("spark.sql.session.timeZone", "UTC")
                # factors come back through Arrow, not row by row through py4j
                .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
+    owned = SparkSession.getActiveSession() is None  # a session the caller opened stays open
     try:
         spark = builder.getOrCreate()
     except Exception as exc:  # py4j/JVM start-up failures have no common base class
@@ -67,7 +69,8 @@ def spark_session(master: str, partitions: int = 0, app_name: str = "musicrec-re
     try:
         yield spark
     finally:
-        spark.stop()
+        if owned:
+            spark.stop()
 
 
 @dataclass(frozen=True)

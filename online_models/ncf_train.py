@@ -105,6 +105,16 @@ def split_pairs(interactions: Interactions, config: NCFConfig, rng: np.random.Ge
                   np.concatenate([val_pos[:, None], negs], axis=1))
 
 
+def shard_pairs(split: Split, rank: int, world: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(positive users, items, skip users, items) of process ``rank``: every pair of a user goes to
+    the one process that owns the user (:func:`owners`, weighed by positives; ``rng`` must be drawn
+    alike in every process)."""
+    owner = owners(np.bincount(split.pos_u, minlength=len(split.users)), world, rng)
+    mine, mine_skip = owner[split.pos_u] == rank, owner[split.skip_u] == rank
+    return split.pos_u[mine], split.pos_i[mine], split.skip_u[mine_skip], split.skip_i[mine_skip]
+
+
 def validation_hr(net: NeuMFBackend, split: Split) -> float:
     if len(split.val_u) == 0:
         return float("nan")
@@ -153,9 +163,7 @@ def train_ncf(interactions: Interactions, config: NCFConfig, backend: str = "tor
         sample_rng = np.random.default_rng(sample_seed)
     else:
         owner_seed, rank_seeds = sample_seed.spawn(2)
-        owner = owners(np.bincount(pos_u, minlength=n_users), shard.world, np.random.default_rng(owner_seed))
-        mine, mine_skip = owner[pos_u] == shard.rank, owner[skip_u] == shard.rank
-        pos_u, pos_i, skip_u, skip_i = pos_u[mine], pos_i[mine], skip_u[mine_skip], skip_i[mine_skip]
+        pos_u, pos_i, skip_u, skip_i = shard_pairs(split, shard.rank, shard.world, np.random.default_rng(owner_seed))
         sample_rng = np.random.default_rng(rank_seeds.spawn(shard.world)[shard.rank])
         step_config = replace(config, batch_size=shard.batch_size(config.batch_size))
     net = load_backend(backend, init_weights(n_users, n_items, config, init_rng), step_config)
