@@ -22,6 +22,7 @@ functions: a worker never loads it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ def train_spark_als(spark: Any, root: str | Path, config: OnlineConfig, *, since
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
+    started = time.perf_counter()
     log_frame(spark, root)
     span = log_range(spark, until)
     if span.n_events == 0 or span.ts_max is None:
@@ -148,21 +150,27 @@ def train_spark_als(spark: Any, root: str | Path, config: OnlineConfig, *, since
                         F.countDistinct("u").alias("users")).collect()[0]
     mean_positives = max(1.0, float(stats["pos"] or 0) / max(1, int(stats["users"])))
     reg_param = config.regularization / mean_positives
+    prepared = time.perf_counter()
     blocks = max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
     als = ALS(rank=config.factors, maxIter=config.iterations, regParam=reg_param, alpha=1.0, implicitPrefs=True,
               userCol="u", itemCol="s", ratingCol="rating", seed=config.seed, nonnegative=False,
               numUserBlocks=blocks, numItemBlocks=blocks)
     model = als.fit(indexed)
+    fitted = time.perf_counter()
     user_factors = _factor_matrix(_arrow(model.userFactors), len(user_names), config.factors)
     item_factors = _factor_matrix(_arrow(model.itemFactors), len(song_names), config.factors)
     plays_t = _arrow(indexed.where(F.col("rating") > 0).groupBy("s").count())
     plays = np.zeros(len(song_names), np.float64)
     plays[plays_t.column("s").to_numpy()] = plays_t.column("count").to_numpy()
     gate_history = _gate_rows(spark, rows, users)
+    collected = time.perf_counter()
     artifact = als_artifact(user_names, song_names, user_factors, item_factors, plays, config,
                             dict(trained_on or {}, n_interactions=int(stats["n"])),
                             params={"engine": "spark", "spark_version": spark.version,
                                     "spark_master": spark.sparkContext.master, "spark_reg_param": reg_param})
+    # where a Spark retrain spends its time (Spark is lazy: "sql" includes reading the Parquet files)
+    artifact.metrics["spark_seconds"] = {"sql": prepared - started, "als_fit": fitted - prepared,
+                                         "collect": collected - fitted}
     return SparkTraining(span, artifact, users, songs, gate_history, song_names)
 
 
