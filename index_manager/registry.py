@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
+import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from index_manager.artifacts import ArtifactError, ModelArtifact, load_artifact, read_manifest
+from index_manager.artifacts import ArtifactError, ModelArtifact, list_versions, load_artifact, read_manifest
 
 log = logging.getLogger("musicrec.versions")
 
@@ -99,3 +103,35 @@ class VersionRegistry:
         except ArtifactError as exc:
             log.error("published version %s cannot be loaded: %s", version, exc)
             return None
+
+    def versions(self) -> list[str]:
+        """Every complete version on disk, oldest first."""
+        return list_versions(self.root)
+
+    def previous(self) -> str | None:
+        """The version published before the current one (what a rollback would go back to)."""
+        current = self.published()
+        for record in self.history():
+            version = record.get("version")
+            if "published_at" in record and version != current:
+                return str(version)
+        return None
+
+    def prune(self, keep: int, protect: Iterable[str] = (), dry_run: bool = False) -> list[str]:
+        """Delete all but the ``keep`` newest versions, never the published one, the previous one or
+        any of ``protect`` (an A/B arm, what workers still serve); returns the versions deleted.
+
+        A version is first renamed to a temporary name (which ``list_versions`` skips) and then
+        removed, so a reader never finds half of one."""
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be a positive integer, got {keep!r}")
+        versions = self.versions()
+        kept = set(versions[-keep:]) | set(protect) | {v for v in (self.published(), self.previous()) if v}
+        doomed = [v for v in versions if v not in kept]
+        if not dry_run:
+            for version in doomed:
+                aside = self.root / f".tmp-prune-{version}-{uuid.uuid4().hex[:8]}"
+                os.rename(self.root / version, aside)
+                shutil.rmtree(aside)
+                log.info("pruned model version %s", version)
+        return doomed

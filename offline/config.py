@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from online_models.config import check_ranges, setting
 from online_models.ncf_config import BACKENDS
 
+MODEL_KINDS = ("als", "ncf", "sasrec")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = setting("als", "MUSICREC_MODEL", "Model a retrain trains: als or ncf.", choices=("als", "ncf"))
-    backend: str = setting("torch", "MUSICREC_NCF_BACKEND", "NeuMF backend: torch or mlx (mlx[cpu] runs on Linux).", choices=BACKENDS)
-    gate_tolerance: float = setting(0.005, "MUSICREC_GATE_TOLERANCE", "A candidate is published unless its HR@10 is below the served version's by more than this (absolute).", ge=0)
+    model: str = setting("als", "MUSICREC_MODEL", "Model a retrain trains: als, ncf or sasrec.", choices=MODEL_KINDS)
+    backend: str = setting("torch", "MUSICREC_NCF_BACKEND", "Training backend of NeuMF and SASRec: torch or mlx (mlx[cpu] runs on Linux).", choices=BACKENDS)
+    gate_tolerance: float = setting(0.005, "MUSICREC_GATE_TOLERANCE", "A candidate is published unless its sampled HR@10 or its full-catalogue recall@10 is below the served version's by more than this (absolute).", ge=0)
     gate_users: int = setting(5000, "MUSICREC_GATE_USERS", "Held-out users the gate evaluates (a seeded sample when there are more).", gt=0)
     window_days: float = setting(0.0, "MUSICREC_TRAIN_WINDOW_DAYS", "Train on the last N days of the log only; 0 = all of it.", ge=0)
     threads: int = setting(0, "MUSICREC_TRAIN_THREADS", "Threads of the ALS factorisation in a retrain; 0 = all cores (the worker processes keep one).", ge=0)

@@ -86,12 +86,38 @@ class EventLog:
         assert row is not None
         return LogRange(int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
 
-    def read(self, since: float | None = None, until: float | None = None) -> EventBatch:
-        """Events (deduplicated) with since < ts <= until, in time order."""
+    def read(self, since: float | None = None, until: float | None = None,
+             exclude_holdout: bool = False) -> EventBatch:
+        """Events (deduplicated) with since < ts <= until, in time order. ``exclude_holdout`` drops
+        every event of the :meth:`holdout` pairs, as :meth:`interactions` does."""
         with closing(self.connect()) as con:
-            table = con.sql(f"SELECT user_id, song_id, event, ts, ms_played, event_id FROM events "
-                                f"{_window(since, until)} ORDER BY ts, ingested_at, event_id").to_arrow_table()
+            table = con.sql(f"{self._source(since, until, exclude_holdout)} SELECT user_id, song_id, event, ts, "
+                            "ms_played, event_id FROM t ORDER BY ts, ingested_at, event_id").to_arrow_table()
         return arrow_to_batch(table)
+
+    def latest_plays(self, n: int, since: float | None = None, until: float | None = None,
+                     exclude_holdout: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's ``n`` latest plays as parallel (users, songs) arrays in time order (the order of
+        :meth:`read`): the input a sequence model is evaluated on, without reading the whole log."""
+        if n <= 0:
+            raise ValueError("n must be positive")
+        with closing(self.connect()) as con:
+            t = con.sql(f"""{self._source(since, until, exclude_holdout)},
+                r AS (SELECT user_id, song_id, ts, ingested_at, event_id,
+                             row_number() OVER (PARTITION BY user_id
+                                                ORDER BY ts DESC, ingested_at DESC, event_id DESC) AS rn
+                      FROM t WHERE event = 'play')
+                SELECT user_id, song_id FROM r WHERE rn <= {int(n)}
+                ORDER BY ts, ingested_at, event_id""").to_arrow_table()
+        return (t.column("user_id").to_numpy(zero_copy_only=False).astype(object),
+                t.column("song_id").to_numpy(zero_copy_only=False).astype(object))
+
+    def _source(self, since: float | None, until: float | None, exclude_holdout: bool) -> str:
+        """``WITH ... t AS (...)``: the window's events, minus the held-out pairs when asked."""
+        if not exclude_holdout:
+            return f"WITH t AS (SELECT * FROM events {_window(since, until)})"
+        return (f"WITH w AS (SELECT * FROM events {_window(since, until)}), h AS ({self.HOLDOUT_SQL}), "
+                "t AS (SELECT w.* FROM w ANTI JOIN h USING (user_id, song_id))")
 
     def recent_event_ids(self, limit: int) -> list[str]:
         """The event_ids of the ``limit`` most recently *ingested* events, oldest first. A worker

@@ -3,8 +3,11 @@
 Both versions are scored on the same slice, the one the candidate never trained on (each user's
 most recent first play, ``EventLog.holdout``), through the serving code (``online_models.scoring``)
 as the worker would serve them: user vectors folded in from the user's training history against
-each version's item factors, index retrieval, NeuMF's second stage for the users it knows.
-Figures: HR@k and NDCG@k against sampled negatives (NCF paper protocol) and full-catalog recall@k.
+each version's item factors (for a SASRec version: its state after the user's latest training
+plays, in order), index retrieval, NeuMF's second stage for the users it knows.
+Figures: HR@k and NDCG@k against sampled negatives (NCF paper protocol) and full-catalog recall@k;
+the gate holds on both HR@k and recall@k, because sampled and full-catalogue metrics can rank two
+models in opposite orders (Krichene & Rendle 2020).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import numpy as np
 from index_manager.artifacts import ModelArtifact
 from index_manager.keys import song_keys
 from online_models.config import OnlineConfig
+from online_models.features import index_candidates
 from online_models.interactions import Interactions
 from online_models.metrics import sampled_hit_ndcg
 from online_models.ranking import mask_seen, sample_unseen, seen_keys, take_top
-from online_models.scoring import RERANK_DEPTH, fold_in_rows, index_candidates, rerank
+from online_models.scoring import RERANK_DEPTH, fold_in_rows, rerank
 from online_models.serving import ServingModel
 
 NEGATIVES = 99
@@ -35,12 +39,18 @@ class Slice:
     users: np.ndarray
     songs: np.ndarray
     negatives: np.ndarray  # (U, NEGATIVES) songs each user never touched
+    sequences: np.ndarray | None = None  # (U, L) keys of each user's latest training plays, -1 padded
 
 
 def make_slice(history: Interactions, users: np.ndarray, songs: np.ndarray, seed: int = 0,
-               negatives: int = NEGATIVES) -> Slice:
+               negatives: int = NEGATIVES, sequences: np.ndarray | None = None) -> Slice:
     """Sample each user's negatives uniformly from songs they never touched (history or held out).
-    Users who touched so much of the catalog that fewer than ``negatives`` songs remain are left out."""
+    Users who touched so much of the catalog that fewer than ``negatives`` songs remain are left out.
+    ``sequences`` (one row per user: song keys of their latest training plays in order, right-aligned,
+    -1 padded) is what a sequence model is scored on."""
+    if sequences is not None and (np.ndim(sequences) != 2 or len(sequences) != len(users)):
+        raise ValueError(f"sequences must be a (users, length) array with one row per user, got "
+                         f"{np.shape(sequences)} for {len(users)} users")
     catalog = np.unique(np.concatenate([history.song_ids, songs]).astype(str)).astype(object)
     if len(catalog) <= negatives:
         raise ValueError(f"the catalog has only {len(catalog)} songs; need more than {negatives} to sample")
@@ -57,9 +67,10 @@ def make_slice(history: Interactions, users: np.ndarray, songs: np.ndarray, seed
     if not ok.any():
         raise ValueError(f"no user has {negatives} untouched songs to sample negatives from")
     if not ok.all():
-        return make_slice(history, users[ok], songs[ok], seed, negatives)
+        return make_slice(history, users[ok], songs[ok], seed, negatives,
+                          None if sequences is None else sequences[ok])
     picked = sample_unseen(np.random.default_rng(seed), np.arange(len(users)), negatives, len(catalog), seen)
-    return Slice(history, users, np.asarray(songs, object), catalog[picked])
+    return Slice(history, users, np.asarray(songs, object), catalog[picked], sequences)
 
 
 def version_metrics(artifact: ModelArtifact, data: Slice, config: OnlineConfig, k: int = 10) -> dict[str, float]:
@@ -73,8 +84,13 @@ def version_metrics(artifact: ModelArtifact, data: Slice, config: OnlineConfig, 
     keys = song_keys(data.history.song_ids)
     rows = index.rows(keys)
     use = (slots >= 0) & (rows >= 0)
-    vectors = fold_in_rows(model, slots[use], rows[use], data.history.pos[use], data.history.neg[use],
-                           len(data.users))
+    if model.sequence is not None:
+        if data.sequences is None:
+            raise ValueError(f"version {model.version} is a sequence model: the slice needs the users' plays in order")
+        vectors, _ = model.sequence.vectors(index, data.sequences)
+    else:
+        vectors = fold_in_rows(model, slots[use], rows[use], data.history.pos[use], data.history.neg[use],
+                               len(data.users))
     # NeuMF scores the users it was trained on, as it re-ranks them when serving
     ranker = model.ranker
     ranked = np.flatnonzero(ranker.user_rows(data.users) >= 0) if ranker is not None else np.empty(0, np.int64)
@@ -119,13 +135,16 @@ class Decision:
 
 
 def decide(candidate: dict[str, float], served: dict[str, float] | None, tolerance: float, k: int = 10) -> Decision:
-    """Publish unless the candidate's HR@k is below the served version's by more than ``tolerance``
-    (absolute)."""
-    key = f"hr@{k}"
+    """Publish unless the candidate's sampled HR@k or its full-catalogue recall@k is below the served
+    version's by more than ``tolerance`` (absolute): a candidate that wins one and loses the other
+    is refused, since the two protocols can disagree."""
     if served is None:
         return Decision(True, "no version is being served", candidate)
-    if candidate[key] + tolerance >= served[key]:
-        return Decision(True, f"{key} {candidate[key]:.4f} vs served {served[key]:.4f} (tolerance {tolerance})",
-                        candidate, served)
-    return Decision(False, f"{key} {candidate[key]:.4f} is worse than served {served[key]:.4f} "
-                           f"by more than {tolerance}", candidate, served)
+    checks = {key: {"candidate": candidate[key], "served": served[key],
+                    "ok": candidate[key] + tolerance >= served[key]} for key in (f"hr@{k}", f"recall@{k}")}
+    figures = ", ".join(f"{key} {c['candidate']:.4f} vs served {c['served']:.4f}" for key, c in checks.items())
+    worse = [key for key, c in checks.items() if not c["ok"]]
+    if not worse:
+        return Decision(True, f"{figures} (tolerance {tolerance})", candidate, served, {"checks": checks})
+    return Decision(False, f"{' and '.join(worse)} worse than served by more than {tolerance}: {figures}",
+                    candidate, served, {"checks": checks})

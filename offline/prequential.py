@@ -25,21 +25,30 @@ from online_models.base import Recommender
 from online_models.baselines import PeriodicRetrain, PopularityRecommender, StaticALS
 from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
+from online_models.itemknn import ItemKNN
 from online_models.online import OnlineALS
 
-MODELS = ("popularity", "static", "online", "retrain")
+MODELS = ("popularity", "static", "itemknn", "online", "retrain")
 
 
 def make_model(name: str, config: OnlineConfig, retrain_every: int) -> Recommender:
     factories: dict[str, Callable[[], Recommender]] = {
         "popularity": lambda: PopularityRecommender(config),
         "static": lambda: StaticALS(config),
+        "itemknn": lambda: ItemKNN(config),
         "online": lambda: OnlineALS(config),
         "retrain": lambda: PeriodicRetrain(config, every=retrain_every),
+        "sequence": lambda: _sequence(config),
     }
     if name not in factories:
-        raise ValueError(f"unknown model {name!r} for the prequential protocol; choose from {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {name!r} for the prequential protocol; choose from {', '.join(factories)}")
     return factories[name]()
+
+
+def _sequence(config: OnlineConfig) -> Recommender:
+    from online_models.sequence import SASRecRecommender  # the sequence model's modules load only when asked for
+
+    return SASRecRecommender(online=config)
 
 
 @dataclass

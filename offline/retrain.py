@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from index_manager.artifacts import ModelArtifact, save_artifact
+from index_manager.keys import song_keys
 from offline.catalog import CatalogStore
 from offline.config import TrainConfig
 from offline.eventlog import EventLog
@@ -23,6 +24,9 @@ from online_models.config import OnlineConfig
 from online_models.content import attach_projection
 from online_models.ncf_config import NCFConfig
 from online_models.ncf_train import train_ncf
+from online_models.sasrec_spec import SASRecConfig
+from online_models.sasrec_train import sasrec_artifact, train_sasrec
+from online_models.sequences import RecentPlays
 
 
 @dataclass(frozen=True)
@@ -36,9 +40,11 @@ class RetrainResult:
 
 def retrain(log: EventLog, artifacts_dir: str | Path, config: OnlineConfig, train: TrainConfig | None = None,
             ncf_config: NCFConfig | None = None, served: ModelArtifact | None = None, until: float | None = None,
-            catalog: CatalogStore | None = None, show_progress: bool = False, k: int = 10) -> RetrainResult:
+            catalog: CatalogStore | None = None, show_progress: bool = False, k: int = 10,
+            sasrec_config: SASRecConfig | None = None) -> RetrainResult:
     """Train on the log window minus each user's held-out song, gate against ``served`` on that
-    slice, write the candidate as a new version and return the decision (publishing is the caller's)."""
+    slice, write the candidate as a new version and return the decision (publishing is the caller's).
+    ALS and NeuMF train on the aggregated interactions; SASRec on the deduplicated events in time order."""
     train = train or TrainConfig()
     t0 = time.perf_counter()
     span = log.range(until)
@@ -57,14 +63,21 @@ def retrain(log: EventLog, artifacts_dir: str | Path, config: OnlineConfig, trai
                              show_progress=show_progress, trained_on=trained_on)
         # fold-in of online users needs the same weighting the ALS path uses
         artifact.params.update(alpha=config.alpha, regularization=config.regularization)
+    elif train.model == "sasrec":
+        events = log.read(since, until, exclude_holdout=len(users) > 0)
+        model = train_sasrec(events, sasrec_config or SASRecConfig(), train.backend, show_progress=show_progress)
+        artifact = sasrec_artifact(model, events, trained_on)
     else:
         artifact = train_als(history, config, show_progress=show_progress, trained_on=trained_on,
                              num_threads=train.threads or os.cpu_count() or 1)
     if catalog is not None:
         rows = catalog.read()
         attach_projection(artifact, rows.song_ids, rows.features, rows.genres, config.new_song_norm_quantile)
+    sequences = None
+    if "sasrec" in (artifact.kind, served.kind if served is not None else None):
+        sequences = _latest_plays(log, users, config.recent_plays, since, until)
     try:
-        data = make_slice(history, users, songs, seed=config.seed)
+        data = make_slice(history, users, songs, seed=config.seed, sequences=sequences)
     except ValueError as exc:
         data = None
         decision = Decision(True, f"not evaluated ({exc}); published on trust", {})
@@ -78,6 +91,17 @@ def retrain(log: EventLog, artifacts_dir: str | Path, config: OnlineConfig, trai
                                     tolerance=train.gate_tolerance)
     version = save_artifact(artifacts_dir, artifact)
     return RetrainResult(version, artifact, time.perf_counter() - t0, span.n_events, decision)
+
+
+def _latest_plays(log: EventLog, users: np.ndarray, n: int, since: float | None, until: float | None
+                  ) -> np.ndarray:
+    """(U, n) keys of each gate user's latest training plays in order, as the worker's online state
+    holds them (``OnlineState.recent``): what a sequence model is scored on."""
+    play_users, play_songs = log.latest_plays(n, since, until, exclude_holdout=len(users) > 0)
+    recent = RecentPlays(n)
+    wanted = np.isin(play_users, users)
+    recent.update(play_users[wanted], song_keys(play_songs[wanted]))
+    return recent.gather(users)
 
 
 def retrain_als(log: EventLog, artifacts_dir: str | Path, config: OnlineConfig, until: float | None = None,

@@ -19,7 +19,7 @@ from online_models.ncf_config import NCFConfig
 from online_models.ranking import take_top
 
 MODELS = ("als", "als-tuned", "hybrid", "ease", "ncf", "ncf-mlx", "ncf-rerank", "ncf-dot", "implicit-als",
-          "implicit-als-tuned", "implicit-bpr", "implicit-bpr-tuned", "popularity")
+          "implicit-als-tuned", "implicit-bpr", "implicit-bpr-tuned", "popularity", "sasrec", "sasrec-mlx")
 # models whose hyper-parameters ``offline.loo_tune`` chooses on the log's early half before they are fitted
 TUNED = ("als-tuned", "hybrid", "ease", "implicit-als-tuned", "implicit-bpr-tuned")
 RERANK_CANDIDATES = 200
@@ -325,4 +325,8 @@ def make_scorer(name: str, seed: int = 0, ncf_config: NCFConfig | None = None,
         return implicit
     if name == "popularity":
         return PopularityScorer()
+    if name in ("sasrec", "sasrec-mlx"):
+        from offline.loo_sasrec import SASRecConfig, SASRecScorer  # imports this module: loaded on first use
+
+        return SASRecScorer("mlx" if name == "sasrec-mlx" else "torch", SASRecConfig(seed=seed), show_progress)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")

@@ -8,38 +8,56 @@ import numpy as np
 
 from online_models.als import train_als
 from online_models.base import RecList, Recommender, check_request
-from online_models.batch import EventBatch
+from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
+from online_models.features import LESSON_K
 from online_models.history import HistoryStore
 from online_models.interactions import Interactions
-from online_models.online import OnlineALS
-from online_models.popularity import DecayedCounts
+from online_models.online import FIT_BATCH, OnlineALS
+from online_models.popularity import PopularityLadder
 from online_models.ranking import mask_seen, take_top
 from online_models.serving import ServingModel
 
 
-class _SeenFilter:
+class SeenFilter:
     """Who heard what: every model filters the same way, so comparisons measure learning, not filtering."""
 
     def __init__(self, config: OnlineConfig) -> None:
         self.config = config
         self.history = HistoryStore(0.0, config.max_history, config.full_play_ms, config.skip_weight)
 
+    def width(self, users: np.ndarray, k: int) -> int:
+        """Length of a shared list that leaves every user in ``users`` k songs they have not heard."""
+        if self.config.relisten or not len(users):
+            return k
+        slots, _ = self.history.seen(users)
+        return k + int(np.bincount(slots, minlength=len(users)).max(initial=0))
+
     def top_unseen(self, users: np.ndarray, keys: np.ndarray, scores: np.ndarray, k: int
                    ) -> tuple[np.ndarray, np.ndarray]:
         """The best ``k`` of one shared candidate list per user, minus what each user has heard."""
-        seen = self.history.gather(users)
-        sizes = np.bincount(seen.slots, minlength=len(users))
-        width = min(len(keys), k + (0 if self.config.relisten else int(sizes.max(initial=0))))
+        width = min(len(keys), self.width(users, k))
         cand_k = np.broadcast_to(keys[:width], (len(users), width))
         cand_s = np.broadcast_to(scores[:width].astype(np.float32), (len(users), width))
         allowed = np.ones(cand_k.shape, bool) if self.config.relisten else \
-            ~mask_seen(cand_k, seen.slots, seen.keys)
+            ~mask_seen(cand_k, *self.history.seen(users))
         return take_top(cand_k, cand_s, allowed, k)
 
 
+def stream_popularity(ladder: PopularityLadder, history: HistoryStore, events: EventBatch, k: int,
+                      candidates: int) -> None:
+    """Learn a batch into ``ladder``: first count which half-life's list each play would have been
+    on (a list of k songs plus room for what its user heard), then count the plays."""
+    plays = np.flatnonzero(events.kinds == PLAY)
+    if len(plays):
+        heard = history.sizes(events.user_ids[plays])
+        ladder.observe(events.song_keys[plays], k + np.minimum(heard, candidates))
+    ladder.update(events)
+
+
 class PopularityRecommender(Recommender):
-    """The most played songs (time-decayed counts, updated online), minus what the user heard."""
+    """The most played songs, minus what the user heard. Counts decay in events at several
+    half-lives at once, and the list uses the one whose lists caught the most plays so far."""
 
     name = "popularity"
 
@@ -52,24 +70,28 @@ class PopularityRecommender(Recommender):
         return frozenset({"finds_the_users_cluster"})  # the same list for everyone, by design
 
     def reset(self) -> None:
-        self.counts = DecayedCounts(self.config.popularity_half_life_days)
-        self.seen = _SeenFilter(self.config)
+        self.counts = PopularityLadder(self.config.half_lives)
+        self.seen = SeenFilter(self.config)
         self._names: dict[int, str] = {}
 
     def fit(self, events: EventBatch) -> None:
         self.reset()
-        self.partial_fit(events.sorted_by_time())
+        ordered = events.sorted_by_time()
+        for start in range(0, len(ordered), FIT_BATCH):  # in batches: each teaches which half-life predicts
+            self.partial_fit(ordered.take(slice(start, start + FIT_BATCH)))
 
     def partial_fit(self, events: EventBatch) -> np.ndarray:
         keys = events.song_keys
         _, first = np.unique(keys, return_index=True)
         self._names.update(zip(keys[first].tolist(), events.song_ids[first].tolist(), strict=True))
-        self.counts.update(events)
+        stream_popularity(self.counts, self.seen.history, events, LESSON_K, self.config.candidates)
         return self.seen.history.update(events)
 
     def recommend(self, user_ids: np.ndarray, k: int = 10) -> RecList:
         users = check_request(user_ids, k)
-        top_k, top_s = self.counts.top(k + self.config.max_history)
+        best = self.counts.best
+        top_k = self.counts.top(self.seen.width(users, k), best)
+        top_s = self.counts.scores(top_k)[:, best] if len(top_k) else np.empty(0)
         keys, scores = self.seen.top_unseen(users, top_k, top_s, k)
         names = np.array([self._names.get(int(x), "") for x in keys.ravel()], dtype=object).reshape(keys.shape)
         return RecList(names, scores, np.full(keys.shape, None, dtype=object), "popularity")
@@ -83,7 +105,7 @@ class StaticALS(Recommender):
 
     def __init__(self, config: OnlineConfig | None = None) -> None:
         self.config = config or OnlineConfig()
-        self.seen = _SeenFilter(self.config)
+        self.seen = SeenFilter(self.config)
         self.model: ServingModel | None = None
         self.frozen_popular: tuple[np.ndarray, np.ndarray] = (np.empty(0, np.int64), np.empty(0))
 
@@ -93,14 +115,18 @@ class StaticALS(Recommender):
 
     def fit(self, events: EventBatch) -> None:
         events = events.sorted_by_time()
-        self.seen = _SeenFilter(self.config)
+        self.seen = SeenFilter(self.config)
         self.seen.history.update(events)
         artifact = train_als(Interactions.from_events(events, self.config), self.config)
         artifact.version = "static"
         self.model = ServingModel.from_artifact(artifact)
-        counts = DecayedCounts(self.config.popularity_half_life_days)
-        counts.update(events)
-        self.frozen_popular = counts.top(10_000)
+        counts, history = PopularityLadder(self.config.half_lives), HistoryStore(0.0, self.config.max_history)
+        for start in range(0, len(events), FIT_BATCH):
+            part = events.take(slice(start, start + FIT_BATCH))
+            stream_popularity(counts, history, part, LESSON_K, self.config.candidates)
+            history.update(part)
+        top = counts.top(10_000, counts.best)
+        self.frozen_popular = (top, counts.scores(top)[:, counts.best] if len(top) else np.empty(0))
 
     def partial_fit(self, events: EventBatch) -> np.ndarray:
         return self.seen.history.update(events)
@@ -138,7 +164,9 @@ class StaticALS(Recommender):
 
 
 class PeriodicRetrain(Recommender):
-    """The online model, plus a full retrain on everything seen every ``every`` events."""
+    """The online model, plus a retrain of ALS on everything seen every ``every`` events, served
+    in place of the previous version while the online state carries on (as a scheduled retrain
+    does next to running workers)."""
 
     name = "retrain"
 
@@ -168,7 +196,7 @@ class PeriodicRetrain(Recommender):
         if self._since >= self.every:
             everything = EventBatch.concat(self._log)
             self._log = [everything]
-            self.online.fit(everything)
+            self.online.retrain(everything)
             self._since = 0
             self.retrains += 1
         return touched

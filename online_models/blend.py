@@ -59,9 +59,13 @@ class Ranker:
     def _forward(self, features: np.ndarray, history_sizes: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         b = self.bucket(history_sizes)
-        pre = features @ self.hidden_w + self.hidden_b
-        h = np.maximum(pre, 0.0)
-        return np.einsum("umd,ud->um", features, self.linear[b]) + h @ self.out, b, pre, h
+        # BLAS products: a score may then differ in its last bits with the number of users in the
+        # call, which the float32 the lists are ranked in absorbs
+        dtype = features.dtype
+        pre = features @ self.hidden_w.astype(dtype) + self.hidden_b.astype(dtype)
+        h = np.maximum(pre, 0)
+        linear = np.einsum("umd,ud->um", features, self.linear[b].astype(dtype))
+        return linear + h @ self.out.astype(dtype), b, pre, h
 
     def score(self, features: np.ndarray, history_sizes: np.ndarray) -> np.ndarray:
         """(U, M) scores of (U, M, d) features for users with the given history sizes."""
@@ -89,7 +93,8 @@ class Ranker:
         g_linear = np.zeros_like(self.linear)
         np.add.at(g_linear, b, np.einsum("um,umd->ud", dz, f))
         dh = dz[..., None] * self.out * (pre > 0)
-        grads = (g_linear, np.einsum("umd,umh->dh", f, dh), dh.sum(axis=(0, 1)), np.einsum("um,umh->h", dz, h))
+        grads = (g_linear, np.tensordot(f, dh, axes=([0, 1], [0, 1])), dh.sum(axis=(0, 1)),
+                 np.tensordot(dz, h, axes=([0, 1], [0, 1])))
         for param, grad, acc in zip(self._params, grads, self._g2, strict=True):
             acc += grad ** 2
             param += self.learning_rate * grad / np.sqrt(acc)

@@ -57,15 +57,37 @@ class OnlineConfig:
     full_play_ms: float = setting(30000.0, "MUSICREC_FULL_PLAY_MS", "ms_played at which a play counts fully; shorter plays count proportionally.", gt=0)
     max_history: int = setting(500, "MUSICREC_MAX_HISTORY", "Songs kept per user in online state (the weakest are dropped).", gt=0)
     relisten: bool = setting(False, "MUSICREC_RELISTEN", "Allow songs the user already played back into their recommendations.")
-    popularity_half_life_days: float = setting(30.0, "MUSICREC_POPULARITY_HALF_LIFE_DAYS", "Half-life of song popularity counts used for cold start.", ge=0)
-    cold_start_events: float = setting(5.0, "MUSICREC_COLD_START_EVENTS", "History size at which collaborative scores and popularity weigh equally.", ge=0)
-    candidates: int = setting(100, "MUSICREC_CANDIDATES", "Extra songs fetched from the index per user to make room for filtering out what they heard (100: equal recall to 200 on the early Last.fm window, 40% faster).", gt=0)
+    popularity_half_lives: str = setting("500,2000,8000,32000,128000,512000,2000000,0", "MUSICREC_POPULARITY_HALF_LIVES", "Half-lives of song popularity, in events (0 = never decays), all counted at once: the ranker weighs them, and the popular list uses the one whose lists caught the most plays so far.")
+    cold_start_events: float = setting(5.0, "MUSICREC_COLD_START_EVENTS", "Songs the model must know of a user before NeuMF re-ranks their list (half of it collaborative).", ge=0)
+    candidates: int = setting(50, "MUSICREC_CANDIDATES", "Extra songs a source proposes per user to make room for filtering out what they heard (50: equal recall to 100 on the early half of Last.fm and MovieLens, faster).", gt=0)
     foldin_cg_steps: int = setting(3, "MUSICREC_FOLDIN_CG_STEPS", "Conjugate-gradient steps when re-solving a user from their cached vector; 0 = always the exact solve.", ge=0)
     vector_cache: int = setting(200_000, "MUSICREC_VECTOR_CACHE", "Users whose folded-in vectors are kept between batches (LRU).", ge=0)
     new_song_norm_quantile: float = setting(0.9, "MUSICREC_NEW_SONG_NORM_QUANTILE", "Exposure policy for songs nobody has played yet: their content vector gets this quantile of trained songs' vector norms.", ge=0, le=1)
     diversity: float = setting(0.0, "MUSICREC_DIVERSITY", "MMR trade-off in [0, 1): 0 ranks by relevance only; higher values penalise songs similar to ones already in the list.", ge=0, lt=1)
     recent_plays: int = setting(50, "MUSICREC_RECENT_PLAYS", "Latest plays kept per user in order: the window of song co-occurrence and the input of a sequence model.", gt=0)
+    cooc_neighbours: int = setting(100, "MUSICREC_COOC_NEIGHBOURS", "Strongest co-played songs kept per song (bounds the co-occurrence memory).", gt=0)
+    cooc_half_life_events: float = setting(0.0, "MUSICREC_COOC_HALF_LIFE_EVENTS", "Half-life of co-occurrence votes in events; 0 = no decay (memory is bounded by MUSICREC_COOC_NEIGHBOURS).", ge=0)
+    cooc_query: int = setting(30, "MUSICREC_COOC_QUERY", "Latest plays of a user whose co-played songs become candidates (at most MUSICREC_RECENT_PLAYS).", gt=0)
+    cooc_candidates: int = setting(20, "MUSICREC_COOC_CANDIDATES", "Songs per user proposed by co-occurrence with their recent plays (its votes are a signal on every candidate; as a source it brings songs newer than the model).", gt=0)
+    ranker_hidden: int = setting(16, "MUSICREC_RANKER_HIDDEN", "Hidden units of the learned ranker over the signals (0 = linear only).", ge=0)
+    ranker_learning_rate: float = setting(0.05, "MUSICREC_RANKER_LEARNING_RATE", "AdaGrad step of the learned ranker.", gt=0)
+    ranker_lessons: int = setting(256, "MUSICREC_RANKER_LESSONS", "Plays per micro-batch the ranker learns from (an even sample when there are more; 0 = it never learns).", ge=0)
     seed: int = setting(0, "MUSICREC_SEED", "Random seed for training.")
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        half_lives = self.half_lives  # parses and checks the list
+        if not half_lives:
+            raise ValueError("MUSICREC_POPULARITY_HALF_LIVES must list at least one half-life")
+
+    @property
+    def half_lives(self) -> tuple[float, ...]:
+        """``popularity_half_lives`` as numbers (events; 0 = no decay)."""
+        try:
+            values = tuple(float(x) for x in self.popularity_half_lives.split(",") if x.strip())
+        except ValueError:
+            raise ValueError("MUSICREC_POPULARITY_HALF_LIVES must be comma-separated numbers of events, "
+                             f"got {self.popularity_half_lives!r}") from None
+        if any(v < 0 or v != v for v in values):
+            raise ValueError("MUSICREC_POPULARITY_HALF_LIVES must be >= 0")
+        return values

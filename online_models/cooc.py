@@ -11,41 +11,77 @@ costs in proportion to its own votes, not to the whole matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import scipy.sparse as sp
 
+from online_models.batch import PLAY, SKIP, EventBatch
 from online_models.keyindex import KeyIndex
+from online_models.ranking import heard
+from online_models.sequences import RecentPlays
 
 # scaled units: a vote at event t is stored as w * 2^(t/h); rebase before float64 overflows
 _REBASE_EXPONENT = 400.0
 
 
-@dataclass(frozen=True)
 class CoocQuery:
-    """Votes of U users' recent songs for every song, sparse (U, songs): ``votes`` raw, and
-    ``normalised`` with each vote divided by (plays of one song x plays of the other) ** exponent."""
+    """Votes of U users' recent songs for every song they reach, as one sparse row layout (CSR:
+    ``indptr``, sorted column ``cols``) with two aligned values: ``votes`` raw, and ``normalised``
+    divided by the candidate song's plays ** exponent (popular songs co-occur with everything)."""
 
-    votes: sp.csr_matrix
-    normalised: sp.csr_matrix
-    songs: KeyIndex  # column of each song key (columns added after the query are out of range)
+    def __init__(self, indptr: np.ndarray, cols: np.ndarray, votes: np.ndarray, normalised: np.ndarray,
+                 songs: KeyIndex, n_cols: int) -> None:
+        self.indptr, self.cols, self.votes, self.normalised = indptr, cols, votes, normalised
+        self.songs = songs  # column of each song key (columns added after the query are out of range)
+        self.n_cols = n_cols
+        self.rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        self._codes = self.rows * max(n_cols, 1) + cols  # sorted: rows in order, sorted columns within
 
-    def top(self, m: int) -> np.ndarray:
-        """(U, m) keys of up to ``m`` songs per user, half by normalised and half by raw votes; -1 pads."""
-        picked = _top_per_row(self.normalised, m - m // 2) + _top_per_row(self.votes, m // 2)
-        r, c = picked.nonzero()  # row-major
-        slot = np.arange(len(r)) - np.searchsorted(r, r)
-        out = np.full((self.votes.shape[0], m), -1, np.int64)
-        out[r, slot] = self.songs.keys[c]
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    def top(self, m: int, skip: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """(U, m) keys of up to ``m`` songs per user, half by normalised and half by raw votes; -1
+        pads. ``skip`` = (user rows, song keys) never proposed: the songs a user co-played most
+        are often their own, which must not take the room of the ones they have not heard."""
+        out = np.full((len(self), m), -1, np.int64)
+        if not len(self.cols) or m <= 0:
+            return out
+        positive = self.votes > 0
+        room = np.zeros(len(self), np.int64)
+        if skip is not None and len(skip[0]):
+            # room for each user's heard songs among the top, so only those few pairs are looked up
+            room = np.minimum(np.bincount(skip[0], minlength=len(self)), np.diff(self.indptr))
+        picked = _top_per_row(self.indptr, np.where(positive, self.normalised, -np.inf), m - m // 2 + room) | \
+            _top_per_row(self.indptr, np.where(positive, self.votes, -np.inf), m // 2 + room)
+        at = np.flatnonzero(picked)
+        if skip is not None and len(skip[0]):
+            at = at[~heard(self.rows[at], self.songs.keys[self.cols[at]], *skip)]
+        # of what is left, each user keeps the best m - m//2 by normalised and m//2 by raw votes
+        rows = self.rows[at]
+        keep = (_rank_in_row(rows, self.normalised[at], self.cols[at]) < m - m // 2) | \
+            (_rank_in_row(rows, self.votes[at], self.cols[at]) < m // 2)
+        at, rows = at[keep], rows[keep]  # still row-major
+        slot = np.arange(len(at)) - np.searchsorted(rows, rows)
+        out[rows, slot] = self.songs.keys[self.cols[at]]
         return out
+
+    def row_max(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's largest raw and normalised vote over every song (0 without any)."""
+        top_votes, top_normalised = np.zeros(len(self)), np.zeros(len(self))
+        np.maximum.at(top_votes, self.rows, self.votes)
+        np.maximum.at(top_normalised, self.rows, self.normalised)
+        return top_votes, top_normalised
 
     def at(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw and normalised votes (0 where none) of the songs ``keys`` (U, M): row u for query user u."""
         cols = self.songs.lookup(keys)
-        cols = np.where(cols < self.votes.shape[1], cols, -1)
-        rows = np.broadcast_to(np.arange(len(keys))[:, None], keys.shape)
-        return _values_at(self.votes, rows, cols), _values_at(self.normalised, rows, cols)
+        cols = np.where(cols < self.n_cols, cols, -1)
+        if not len(self._codes):
+            return np.zeros(keys.shape), np.zeros(keys.shape)
+        want = np.arange(len(keys))[:, None] * max(self.n_cols, 1) + np.maximum(cols, 0)
+        pos = np.minimum(np.searchsorted(self._codes, want), len(self._codes) - 1)
+        found = (self._codes[pos] == want) & (cols >= 0)
+        return np.where(found, self.votes[pos], 0.0), np.where(found, self.normalised[pos], 0.0)
 
 
 class CoOccurrence:
@@ -104,7 +140,7 @@ class CoOccurrence:
             votes = sp.csr_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
             votes.sum_duplicates()
             self._delta = (self._delta + votes).tocsr()
-            if self._delta.nnz * 8 > max(self._main.nnz, 1 << 16):
+            if self._delta.nnz * 4 > max(self._main.nnz, 1 << 16):
                 self._merge()
         self.clock += int(n_events)
 
@@ -128,16 +164,39 @@ class CoOccurrence:
         self._main = self._prune(merged)
 
     def _prune(self, m: sp.csr_matrix) -> sp.csr_matrix:
-        """Keep each row's ``max_neighbours`` largest votes, once rows exceed it by a quarter."""
+        """Cut rows grown past 1.5 x ``max_neighbours`` back to their ``max_neighbours`` largest votes
+        (ties: lower column), sorting only those rows."""
         lengths = np.diff(m.indptr)
-        if m.nnz <= 1.25 * self.max_neighbours * max(m.shape[0], 1) or lengths.max(initial=0) <= self.max_neighbours:
+        # a row is cut back once it has half as many again: far fewer sorts for a little more memory
+        over = lengths > self.max_neighbours + self.max_neighbours // 2
+        if not over.any():
             return m
-        row = np.repeat(np.arange(m.shape[0]), lengths)
-        order = np.lexsort((m.indices, -m.data, row))
-        rank = np.arange(m.nnz) - m.indptr[row[order]]
-        keep = np.sort(order[rank < self.max_neighbours])  # row-major order, so the rows stay contiguous
-        indptr = np.r_[0, np.cumsum(np.minimum(lengths, self.max_neighbours))]
+        at = np.flatnonzero(np.repeat(over, lengths))  # entries of the long rows, row-major
+        rows = np.repeat(np.arange(m.shape[0]), lengths)[at]
+        order = np.lexsort((m.indices[at], -m.data[at], rows))
+        rank = np.arange(len(at)) - np.searchsorted(rows[order], rows[order])
+        keep = np.ones(m.nnz, bool)
+        keep[at[order[rank >= self.max_neighbours]]] = False
+        indptr = np.r_[0, np.cumsum(np.where(over, self.max_neighbours, lengths))]
         return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
+
+    def learn_events(self, recent: RecentPlays, events: EventBatch, skip_weight: float) -> None:
+        """Learn a batch and append its plays to ``recent``: a play votes for the songs its user
+        played within the last ``recent.length`` plays; a skip votes ``-skip_weight`` against the
+        songs its user had played as of the batch's start."""
+        plays = np.flatnonzero(events.kinds == PLAY)
+        skips = np.flatnonzero(events.kinds == SKIP)
+        before = recent.gather(events.user_ids[skips]) if len(skips) and skip_weight > 0 else None
+        pairs = recent.update(events.user_ids[plays], events.song_keys[plays], recent.length)
+        earlier, later, at = pairs.earlier, pairs.later, plays[pairs.event]
+        weights = np.ones(len(earlier))
+        if before is not None:
+            r, c = np.nonzero(before >= 0)
+            earlier, later = np.r_[earlier, before[r, c]], np.r_[later, events.song_keys[skips][r]]
+            weights = np.r_[weights, np.full(len(r), -skip_weight)]
+            at = np.r_[at, skips[r]]
+        self.learn(earlier, later, weights, at.astype(np.float64), events.song_keys[plays],
+                   plays.astype(np.float64), len(events))
 
     def plays(self, keys: np.ndarray) -> np.ndarray:
         """Decayed play counts of songs (0 for unknown ones), as of the latest event."""
@@ -145,59 +204,61 @@ class CoOccurrence:
         counts = self._plays[np.maximum(rows, 0)] if len(self._plays) else np.zeros(rows.shape)
         return np.where(rows >= 0, counts, 0.0) * self._now()
 
-    def query(self, recent: np.ndarray, exponent: float = 0.5) -> CoocQuery:
-        """Votes of each user's ``recent`` (U, L) song keys (-1 padded) for every song."""
+    def query(self, recent: np.ndarray, exponent: float = 0.5, both_sides: bool = False) -> CoocQuery:
+        """Votes of each user's ``recent`` (U, L) song keys (-1 padded) for every song they reach;
+        the normalised votes divide by the candidate song's plays ** ``exponent``. With
+        ``both_sides`` each recent song's votes are divided by its own plays ** ``exponent`` too
+        (``votes`` are then weighted the same way): one product either way, where raw votes and
+        two-sided normalisation together would cost two."""
         recent = np.asarray(recent, np.int64)
         if recent.ndim != 2:
             raise ValueError(f"recent must be a 2-d array of song keys, got shape {recent.shape}")
         if exponent < 0:
             raise ValueError("exponent must be >= 0")
-        n = len(self.songs)
+        n, users = len(self.songs), len(recent)
         rows = self.songs.lookup(recent)
         u, j = np.nonzero(rows >= 0)
-        q = sp.csr_matrix((np.ones(len(u)), (u, rows[u, j])), shape=(len(recent), n))
-        # two products, never main + delta: adding them would cost the whole matrix per query
-        votes = (q @ self._main + q @ self._delta).tocsr()
-        norm = sp.diags(np.maximum(self._plays[:n], 1e-300) ** -exponent)
-        qn = q @ norm
-        normalised = ((qn @ self._main + qn @ self._delta) @ norm).tocsr()
-        # the scale cancels in the normalised votes only when exponent is 1/2
-        return CoocQuery(votes * self._now(), normalised * self._now() ** (1.0 - 2.0 * exponent), self.songs)
+        now = self._now()
+        plays = np.maximum(self._plays[:n] * now, 1e-300)
+        weight = plays[rows[u, j]] ** -exponent if both_sides else np.ones(len(u))
+        q = sp.csr_matrix((weight * now, (u, rows[u, j])), shape=(users, n))
+        votes = q @ self._main
+        if self._delta.nnz:  # two products, never main + delta: adding those would cost the whole matrix
+            votes = votes + q @ self._delta
+        votes = votes.tocsr()
+        votes.sort_indices()
+        cols = votes.indices.astype(np.int64)
+        return CoocQuery(votes.indptr.astype(np.int64), cols, votes.data, votes.data * plays[cols] ** -exponent,
+                         self.songs, n)
 
 
-def _values_at(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """m[rows, cols] element-wise for arrays of one shape (0 where cols is -1 or the entry is empty)."""
-    m = m.tocsr()
-    m.sort_indices()
-    n_cols = max(m.shape[1], 1)
-    nz_rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
-    codes = nz_rows * n_cols + m.indices
-    want = np.asarray(rows, np.int64) * n_cols + np.maximum(cols, 0)
-    if not len(codes):
-        return np.zeros(want.shape)
-    pos = np.minimum(np.searchsorted(codes, want), len(codes) - 1)
-    return np.where((codes[pos] == want) & (cols >= 0), m.data[pos], 0.0)
+def _rank_in_row(rows: np.ndarray, values: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Each entry's rank by descending value within its row (ties: lower column first); rows sorted."""
+    order = np.lexsort((cols, -values, rows))
+    rank = np.empty(len(rows), np.int64)
+    rank[order] = np.arange(len(rows)) - np.searchsorted(rows, rows[order])
+    return rank
 
 
-def _top_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
-    """0/1 matrix marking each row's ``n`` largest positive entries (ties: lower column first), so a
-    row's answer never depends on the other rows of the call."""
-    m = m.tocsr()
-    m.sort_indices()
-    lengths = np.diff(m.indptr)
-    width = int(lengths.max(initial=0))
-    if width == 0 or n <= 0:
-        return sp.csr_matrix(m.shape)
-    row = np.repeat(np.arange(m.shape[0]), lengths)
-    slot = np.arange(m.nnz) - m.indptr[row]
-    dense = np.full((m.shape[0], width), -np.inf)
-    dense[row, slot] = np.where(m.data > 0, m.data, -np.inf)
-    take = min(n, width)
-    threshold = -np.partition(-dense, take - 1, axis=1)[:, take - 1:take]
-    above = dense > threshold
-    at = (dense == threshold) & np.isfinite(dense)
-    room = take - above.sum(axis=1, keepdims=True)
-    chosen = above | (at & (np.cumsum(at, axis=1) <= room))
-    r, s = np.nonzero(chosen)
-    cols = m.indices[m.indptr[r] + s]
-    return sp.csr_matrix((np.ones(len(r)), (r, cols)), shape=m.shape)
+def _top_per_row(indptr: np.ndarray, values: np.ndarray, n: int | np.ndarray) -> np.ndarray:
+    """Boolean per entry: among its row's entries, one of the ``n`` (per row, or for all) largest
+    finite values (ties: lower column first, as entries are in column order), so a row's answer
+    never depends on the other rows of the call."""
+    chosen = np.zeros(len(values), bool)
+    wanted = np.broadcast_to(np.asarray(n, np.int64), (len(indptr) - 1,))
+    # one partition per user (rows are a few thousand entries; padding them into one dense array
+    # cost more than the loop)
+    for row, (a, b) in enumerate(zip(indptr[:-1].tolist(), indptr[1:].tolist(), strict=True)):
+        take = int(wanted[row])
+        if b == a or take <= 0:
+            continue
+        vals = values[a:b]
+        finite = np.isfinite(vals)
+        if int(finite.sum()) <= take:
+            chosen[a:b] = finite
+            continue
+        threshold = np.partition(vals, len(vals) - take)[len(vals) - take]
+        above = vals > threshold
+        tied = vals == threshold
+        chosen[a:b] = above | (tied & (np.cumsum(tied) <= take - int(above.sum())))
+    return chosen

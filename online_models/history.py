@@ -57,6 +57,9 @@ class HistoryStore:
         self.skip_weight = skip_weight
         # user -> (keys int64[m], pos f64[m], neg f64[m], last_ts f64[m], user_ts float)
         self._rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] = {}
+        # user -> sorted keys of songs trimmed from the rows: still heard, so still filtered
+        self._forgotten: dict[str, np.ndarray] = {}
+        self.max_forgotten = 20 * max_history
         # user -> update generation: lets callers cache anything derived from a user's history
         self._stamps: dict[str, int] = {}
         self._clock = 0
@@ -118,7 +121,9 @@ class HistoryStore:
             a, b = bounds[i], bounds[i + 1]
             row = (keys[a:b], pos[a:b], neg[a:b], last[a:b])
             if b - a > self.max_history:
-                keep = np.sort(np.argsort(-(row[1] + row[2]), kind="stable")[: self.max_history])
+                order = np.argsort(-(row[1] + row[2]), kind="stable")
+                keep = np.sort(order[: self.max_history])
+                self._forget(user, row[0][order[self.max_history:]])
                 row = tuple(col[keep] for col in row)  # type: ignore[assignment]
             self._rows[user] = (*row, float(ref[i]))
         return touched
@@ -143,7 +148,17 @@ class HistoryStore:
             pos, neg = pos * factor, neg * factor
         return UserRows(slots, keys, pos, neg, last)
 
-    def seen_keys(self, users: np.ndarray) -> list[np.ndarray]:
-        get = self._rows.get
-        empty = np.empty(0, np.int64)
-        return [r[0] if (r := get(u)) is not None else empty for u in users]
+    def _forget(self, user: str, keys: np.ndarray) -> None:
+        merged = np.union1d(self._forgotten.get(user, np.empty(0, np.int64)), keys)
+        self._forgotten[user] = merged[-self.max_forgotten:] if len(merged) > self.max_forgotten else merged
+
+    def seen(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(slot, song key) of every song ``users`` played or skipped: their rows, plus songs trimmed
+        from the rows (up to ``max_forgotten`` per user), which they have still heard."""
+        rows = self.gather(users)
+        get = self._forgotten.get
+        extra = [(i, f) for i, u in enumerate(users) if (f := get(u)) is not None]
+        if not extra:
+            return rows.slots, rows.keys
+        slots = np.repeat(np.array([i for i, _ in extra], np.int64), [len(f) for _, f in extra])
+        return np.concatenate([rows.slots, slots]), np.concatenate([rows.keys] + [f for _, f in extra])

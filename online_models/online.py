@@ -8,16 +8,28 @@ from typing import Any
 import numpy as np
 
 from index_manager.artifacts import new_version_name
-from index_manager.holder import ModelHolder
+from index_manager.holder import ModelHolder, Served
 from online_models.als import train_als
 from online_models.base import RecList, Recommender, check_request
-from online_models.batch import EventBatch
+from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
 from online_models.explain import explain, popular_list
+from online_models.features import LESSON_K, Pool
 from online_models.interactions import Interactions
-from online_models.scoring import POPULARITY_VERSION, recommend
+from online_models.scoring import (
+    FRESH_EVERY,
+    POPULARITY_VERSION,
+    ServedPool,
+    ServedPools,
+    learn_ranker,
+    recommend,
+    user_pool,
+)
 from online_models.serving import ServingModel
 from online_models.state import OnlineState
+
+FIT_BATCH = 2048  # events per partial_fit when a baseline streams its log through its own learning
+REPLAY_BATCH = 256  # events per batch of a replay (the evaluation's micro-batch)
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,8 @@ class OnlineALS(Recommender):
         self.config = config or OnlineConfig()
         self.holder: ModelHolder[ServingModel] = holder or ModelHolder()
         self.state = state or OnlineState(self.config)
+        self._served_pools = ServedPools()
+        self._batches = 0
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -56,15 +70,43 @@ class OnlineALS(Recommender):
 
     # -- learning -----------------------------------------------------------------------------
     def fit(self, events: EventBatch) -> None:
-        """Train ALS on ``events`` and serve it; the events also become the users' online history."""
+        """Learn ``events`` as the product would have: the first half streamed into the online state,
+        ALS trained on it and served, the second half streamed under that version (the ranker
+        learns from its plays, as a worker does between retrains), then ALS retrained on all."""
         self.state = OnlineState(self.config)
-        self.partial_fit(events.sorted_by_time())
+        self._served_pools.clear()
+        ordered = events.sorted_by_time()
+        half = len(ordered) // 2
+        self.state.learn(ordered.take(slice(0, half)))
+        if half:
+            self.retrain(ordered.take(slice(0, half)))
+        self.replay(ordered.take(slice(half, None)))
+        self.retrain(ordered)
+
+    def replay(self, events: EventBatch, batch: int = REPLAY_BATCH) -> None:
+        """Learn ``events`` (in time order) as a live stream teaches: each batch's users are served
+        their lists, then the batch is learnt, so every play is a lesson for the ranker. The way
+        to warm a new model, or a worker's ranker after a restart, from the tail of a log."""
+        for start in range(0, len(events), batch):
+            part = events.take(slice(start, start + batch))
+            users = np.unique(part.user_ids[part.kinds == PLAY])
+            if len(users):
+                self.recommend(users, LESSON_K)
+            self.partial_fit(part)
+
+    def retrain(self, events: EventBatch) -> None:
+        """Train ALS on ``events`` and serve it; the online state is kept."""
         artifact = train_als(Interactions.from_events(events, self.config), self.config,
                              trained_on={"ts_min": float(events.ts.min()), "ts_max": float(events.ts.max()),
                                          "n_events": len(events)})
         self.install(ServingModel.from_artifact(artifact, new_version_name("als")))
 
     def partial_fit(self, events: EventBatch) -> np.ndarray:
+        """Learn a batch: first the ranker (what its plays say about the lists of the moment), then
+        every signal of the online state."""
+        self._batches += 1
+        learn_ranker(self.state, self.holder.peek(), events, self._served_pools,
+                     fresh=self._batches % FRESH_EVERY == 0)
         return self.state.learn(events)
 
     def install(self, model: ServingModel) -> bool:
@@ -79,14 +121,25 @@ class OnlineALS(Recommender):
 
     # -- recommending -------------------------------------------------------------------------
     def recommend(self, user_ids: np.ndarray, k: int = 10) -> RecList:
-        return recommend(self.state, self.holder.peek(), check_request(user_ids, k), k)
+        users = check_request(user_ids, k)
+        served = self.holder.peek()
+        return recommend(self.state, served, users, k, self._pool(served, users, k))
+
+    def _pool(self, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> Pool:
+        """The users' pool, kept for the next partial_fit: their next plays learn from what they were served."""
+        candidates = user_pool(self.state, served, users, k)
+        self._served_pools.add(ServedPool(users, self.state.history.stamps(users), served, candidates))
+        return candidates
 
     def serve(self, user_ids: np.ndarray, k: int) -> ServedLists:
         """The lists a reader is served: recommendations with their reasons, and the popular list."""
         users = check_request(user_ids, k)
         served = self.holder.peek()
-        recs = explain(self.state, served, users, recommend(self.state, served, users, k)) if len(users) else \
-            RecList.empty(0, k, POPULARITY_VERSION if served is None else served.version)
+        if len(users):
+            lists = recommend(self.state, served, users, k, self._pool(served, users, k))
+            recs = explain(self.state, served, users, lists)
+        else:
+            recs = RecList.empty(0, k, POPULARITY_VERSION if served is None else served.version)
         return ServedLists(recs, popular_list(self.state, served, k))
 
     def similar(self, song_ids: np.ndarray, k: int = 10) -> RecList:

@@ -23,13 +23,17 @@ def _slot_key_codes(slots: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return (np.asarray(slots, np.int64) << 40) | (np.asarray(keys, np.int64) & _LOW40)
 
 
+def heard(slots: np.ndarray, keys: np.ndarray, seen_slots: np.ndarray, seen_keys: np.ndarray) -> np.ndarray:
+    """Boolean per pair: True where user ``slots[i]`` has song ``keys[i]`` in their seen set."""
+    if len(seen_slots) == 0 or len(keys) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    return np.isin(_slot_key_codes(slots, keys), _slot_key_codes(seen_slots, seen_keys))
+
+
 def mask_seen(cand_keys: np.ndarray, seen_slots: np.ndarray, seen_keys: np.ndarray) -> np.ndarray:
     """Boolean (U, M): True where candidate ``cand_keys[u, j]`` is in user u's seen set."""
     n_users, m = cand_keys.shape
-    if len(seen_slots) == 0 or cand_keys.size == 0:
-        return np.zeros(cand_keys.shape, dtype=bool)
-    codes = _slot_key_codes(np.repeat(np.arange(n_users), m), cand_keys.ravel())
-    return np.isin(codes, _slot_key_codes(seen_slots, seen_keys)).reshape(cand_keys.shape)
+    return heard(np.repeat(np.arange(n_users), m), cand_keys.ravel(), seen_slots, seen_keys).reshape(cand_keys.shape)
 
 
 def repeats(values: np.ndarray) -> np.ndarray:

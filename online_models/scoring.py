@@ -1,56 +1,43 @@
-"""Scoring: candidates from several sources, merged, blended into one score, filtered and ranked.
+"""Scoring: a pool of candidates with their signals, one learned score, filtered and ranked.
 
 A request reads the online state and one served model version (taken once by the caller) and goes:
 
-1. **sources** each propose candidate songs per user and score every signal they can on them:
-   the index (nearest songs to the user's folded-in vector: the ``cf`` signal) and popularity;
-2. :meth:`Candidates.merge` puts them side by side (a song proposed twice keeps its first entry);
-3. :func:`blend` turns the signals into one score (today ``β·cf + (1-β)·popularity``, β growing
-   with what the model knows of the user);
-4. seen songs are filtered, the top is taken, NeuMF re-ranks it for users it knows and MMR
+1. the users' vectors are folded in against the version's item factors (cached per history);
+2. :func:`online_models.features.pool` gathers candidates from every source (popularity,
+   co-occurrence, the index) and scores every signal on each of them;
+3. the state's :class:`~online_models.blend.Ranker` turns the signals into one score;
+4. heard songs are filtered, the top is taken, NeuMF re-ranks it for users it knows and MMR
    diversifies it.
 
-A new signal (co-occurrence, a sequence model) is one more source and one more entry in
-``Candidates.signals``; the blend is the one place that weighs them.
+Learning goes through the same pool: before a batch is folded into the state, each sampled play
+teaches the ranker which of its user's candidates was chosen (:func:`learn_ranker`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
 from index_manager.holder import Served
 from online_models.base import RecList
+from online_models.batch import PLAY, EventBatch
+from online_models.features import LESSON_K, Pool, pool
 from online_models.foldin import confidences, fold_in, fold_in_cg
-from online_models.history import UserRows
-from online_models.ranking import mask_seen, mmr, repeats, take_top
+from online_models.ranking import mmr, take_top
+from online_models.sasrec_serving import user_queries
 from online_models.serving import ServingModel
 from online_models.state import OnlineState
 
 POPULARITY_VERSION = "popularity"  # the version lists carry while no model is served
 RERANK_DEPTH = 50  # first-stage candidates NeuMF re-orders per user
-SIGNALS = ("cf", "popularity")
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """Candidate songs per user, (U, M) arrays: song keys (-1 = none), whether each is within its
-    source's width for that user, and every signal's score on it."""
-
-    keys: np.ndarray
-    in_width: np.ndarray
-    signals: dict[str, np.ndarray]
-
-    @staticmethod
-    def merge(parts: list[Candidates]) -> Candidates:
-        return Candidates(np.concatenate([p.keys for p in parts], axis=1),
-                          np.concatenate([p.in_width for p in parts], axis=1),
-                          {name: np.concatenate([p.signals[name] for p in parts], axis=1) for name in SIGNALS})
-
-    def allowed(self) -> np.ndarray:
-        """Within width, a real song, and its first entry in the row."""
-        return self.in_width & (self.keys >= 0) & ~repeats(self.keys)
+# plays whose user was not in the latest lists get pools of their own: at most this fraction of the
+# lessons, and only every FRESH_EVERY batches, since each costs a request's work (a worker's small
+# batches rarely repeat a user)
+FRESH_SHARE = 32
+FRESH_EVERY = 4
+SERVED_USERS = 512  # users' pools kept for the lessons of their next plays (~15 kB each)
 
 
 # -- the user side: fold-in -----------------------------------------------------------------------
@@ -68,7 +55,9 @@ def user_vectors(state: OnlineState, model: ServingModel, users: np.ndarray) -> 
 
     A user's vector is cached with the model version and their history's generation: unchanged
     users cost nothing, users with new events take a few CG steps from their previous vector,
-    and the rest get the exact solve."""
+    and the rest get the exact solve. A sequence model (SASRec) reads the recent plays instead."""
+    if model.sequence is not None:
+        return user_queries(state, model, users)
     rows = state.history.gather(users)
     item_rows = model.index.rows(rows.keys)
     usable = item_rows >= 0
@@ -99,64 +88,6 @@ def user_vectors(state: OnlineState, model: ServingModel, users: np.ndarray) -> 
     return vectors, known
 
 
-# -- sources --------------------------------------------------------------------------------------
-def index_candidates(model: ServingModel, vectors: np.ndarray, width: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index candidates with exactly recomputed scores and each one's rank among them.
-
-    The index's own scores depend on how many queries share a call (FAISS switches to BLAS for
-    batches), so a few extra candidates are fetched and re-scored row by row: a user's answer is
-    then the same whether asked alone or in a batch."""
-    fetch = min(width + max(8, width // 8), len(model.index))
-    keys, _ = model.index.search(vectors, fetch)
-    rows = model.index.rows(keys)
-    exact = np.full(keys.shape, -np.inf, np.float32)
-    for start in range(0, len(keys), 512):  # bounds the (users x candidates x f) gather
-        part = slice(start, start + 512)
-        r = rows[part]
-        cand = model.index.factors[np.maximum(r, 0)]
-        dots = np.matmul(cand, vectors[part].astype(np.float32)[..., None])[..., 0]
-        exact[part] = np.where(r >= 0, dots, -np.inf)
-    order = np.lexsort((keys, -exact), axis=1)
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(keys.shape[1]), axis=1)
-    return keys, np.where(np.isfinite(exact), exact, 0.0).astype(np.float32), rank
-
-
-def from_index(state: OnlineState, model: ServingModel, vectors: np.ndarray, known: np.ndarray,
-               width: np.ndarray, pop_top: float | None) -> Candidates:
-    """The songs nearest each user's vector; none for a user the model knows nothing of."""
-    keys, cf, rank = index_candidates(model, vectors, int(width.max()))
-    popularity = (state.popularity.scores(keys) / pop_top).astype(np.float32) if pop_top is not None else \
-        np.zeros(keys.shape, np.float32)
-    keys = np.where((known == 0)[:, None], -1, keys)
-    return Candidates(keys, rank < width[:, None], {"cf": np.where(keys >= 0, cf, 0.0), "popularity": popularity})
-
-
-def from_popularity(state: OnlineState, model: ServingModel | None, vectors: np.ndarray | None,
-                    n_users: int, width: np.ndarray) -> tuple[Candidates, float | None]:
-    """The most popular songs now, the same for everyone; also the top count (the popularity scale,
-    None before any play)."""
-    pop_k, pop_c = state.popularity.top(int(width.max()))
-    top = float(pop_c[0]) if len(pop_c) else None
-    pop_norm = (pop_c / pop_c[0]).astype(np.float32) if len(pop_c) else pop_c.astype(np.float32)
-    n_pop = len(pop_k)
-    cf = np.zeros((n_users, n_pop), np.float32)
-    if model is not None and vectors is not None and n_pop:
-        rows = model.index.rows(pop_k)
-        # einsum, not BLAS: a row's dot products must not depend on how many users share the call
-        dots = np.einsum("uf,cf->uc", vectors, model.index.factors[np.maximum(rows, 0)])
-        cf = np.where(rows >= 0, dots, 0.0).astype(np.float32)  # songs newer than the model score 0
-    return Candidates(np.broadcast_to(pop_k, (n_users, n_pop)), np.arange(n_pop) < width[:, None],
-                      {"cf": cf, "popularity": np.broadcast_to(pop_norm, (n_users, n_pop))}), top
-
-
-def blend(candidates: Candidates, beta: np.ndarray) -> np.ndarray:
-    """One score per candidate: ``β·cf + (1-β)·popularity`` with the user's β."""
-    b = beta[:, None]
-    return (b * candidates.signals["cf"] + (1.0 - b) * candidates.signals["popularity"]).astype(np.float32)
-
-
 # -- ranking --------------------------------------------------------------------------------------
 def rerank(model: ServingModel, users: np.ndarray, keys: np.ndarray, scores: np.ndarray, use: np.ndarray,
            depth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,46 +106,135 @@ def rerank(model: ServingModel, users: np.ndarray, keys: np.ndarray, scores: np.
     return keys[:, :depth], scores[:, :depth]
 
 
-def recommend(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> RecList:
-    """Top-k per user from one candidate pool: the user's nearest songs in the index plus the most
-    popular songs, scored ``β·cf + (1-β)·popularity`` with ``β = n / (n + cold_start_events)`` for a
-    user with n songs the model knows. A new user therefore gets popularity, and the collaborative
-    signal takes over as their history grows (no hard switch)."""
-    config = state.config
-    seen = state.history.gather(users)
-    sizes = np.bincount(seen.slots, minlength=len(users))
-    # each user's own candidate width keeps a user's answer independent of who shares the batch
-    width = k + (np.zeros(len(users), np.int64) if config.relisten else np.minimum(sizes, config.candidates))
-    beta = np.zeros(len(users), np.float32)
+def user_pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> Pool:
+    """The users' candidates and signals under ``served`` (their vectors folded in first)."""
+    if served is None:
+        return pool(state, None, users, k)
+    vectors, known = user_vectors(state, served.model, users)
+    return pool(state, served, users, k, vectors, known)
+
+
+def recommend(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int,
+              candidates: Pool | None = None) -> RecList:
+    """Top-k per user: the ranker's score over the pool (``candidates``, when the caller has it)."""
+    p = candidates if candidates is not None else user_pool(state, served, users, k)
     model, version = (None, POPULARITY_VERSION) if served is None else served
-    vectors = known = None
-    if model is not None:
-        vectors, known = user_vectors(state, model, users)
-        n0 = config.cold_start_events
-        beta = (known / (known + n0) if n0 > 0 else (known > 0)).astype(np.float32)
-    popular, pop_top = from_popularity(state, model, vectors, len(users), width)
-    parts = [popular]
-    if model is not None and vectors is not None and known is not None:
-        parts.insert(0, from_index(state, model, vectors, known, width, pop_top))
-    candidates = Candidates.merge(parts)
-    keys, top = _rank(state, model, users, candidates, blend(candidates, beta), beta, seen, k)
+    scores = state.ranker.score(p.features, p.sizes).astype(np.float32)
+    keys, top = _rank(state, model, users, p, scores, k)
     return RecList(state.names_of(keys, None if model is None else model.index), top,
                    np.full(keys.shape, None, dtype=object), version)
 
 
-def _rank(state: OnlineState, model: ServingModel | None, users: np.ndarray, candidates: Candidates,
-          scores: np.ndarray, beta: np.ndarray, seen: UserRows, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Filter, take the top, re-rank (NeuMF) and diversify (MMR); (keys, scores) of k per user."""
-    allowed = candidates.allowed()
-    if not state.config.relisten:
-        allowed &= ~mask_seen(candidates.keys, seen.slots, seen.keys)
+@dataclass(frozen=True)
+class ServedPool:
+    """The pool behind the latest lists served, and the histories and version it was computed from:
+    when one of these users plays next, that pool is exactly what the play chose from."""
+
+    users: np.ndarray
+    stamps: np.ndarray
+    served: Served[ServingModel] | None
+    pool: Pool
+
+    def rows_of(self, users: np.ndarray, stamps: np.ndarray, served: Served[ServingModel] | None) -> np.ndarray:
+        """Each user's row in this pool, -1 where absent or where their history has moved since."""
+        if self.served is not served or not len(self.users):
+            return np.full(len(users), -1, np.int64)
+        order = np.argsort(self.users)
+        pos = np.minimum(np.searchsorted(self.users[order], users), len(order) - 1)
+        row = order[pos]
+        return np.where((self.users[row] == users) & (self.stamps[row] == stamps), row, -1)
+
+
+class ServedPools:
+    """The pools behind the latest lists served, newest last, holding at most ``max_users`` users'
+    rows in all (a worker's batches are small when the stream is quiet: a user's previous play is
+    then several batches back)."""
+
+    def __init__(self, max_users: int = SERVED_USERS) -> None:
+        self.max_users = max_users
+        self._pools: deque[ServedPool] = deque()
+        self._users = 0
+
+    def add(self, pool: ServedPool) -> None:
+        self._pools.append(pool)
+        self._users += len(pool.users)
+        while len(self._pools) > 1 and self._users > self.max_users:
+            self._users -= len(self._pools.popleft().users)
+
+    def clear(self) -> None:
+        self._pools.clear()
+        self._users = 0
+
+    def find(self, users: np.ndarray, stamps: np.ndarray, served: Served[ServingModel] | None
+             ) -> list[tuple[Pool, np.ndarray, np.ndarray]]:
+        """(pool, indices into ``users``, rows in that pool) for users served since their history last
+        moved, newest pool first."""
+        found = []
+        left = np.arange(len(users))
+        for entry in reversed(self._pools):
+            if not len(left):
+                break
+            rows = entry.rows_of(users[left], stamps[left], served)
+            hit = rows >= 0
+            if hit.any():
+                found.append((entry.pool, left[hit], rows[hit]))
+                left = left[~hit]
+        return found
+
+
+def learn_ranker(state: OnlineState, served: Served[ServingModel] | None, events: EventBatch,
+                 pools: ServedPools | None = None, fresh: bool = True) -> int:
+    """Before ``events`` are folded in: sampled plays teach the ranker which of their user's
+    candidates was chosen, and every play counts for the popularity half-life that predicted it.
+    A play whose user was served since their previous event learns from that pool (exactly what
+    it chose from); when no play of the batch was, and ``fresh`` allows, a few get pools of their
+    own. Returns the plays learnt from."""
+    plays = np.flatnonzero(events.kinds == PLAY)
+    if not len(plays):
+        return 0
+    config = state.config
+    users_of = events.user_ids[plays]
+    played = events.song_keys[plays]
+    heard = state.history.sizes(users_of)
+    state.popularity.observe(played, LESSON_K + np.minimum(heard, config.candidates))
+    if config.ranker_lessons == 0:
+        return 0
+    found = [] if pools is None else pools.find(users_of, state.history.stamps(users_of), served)
+    n_found = sum(len(idx) for _, idx, _ in found)
+    learnt = 0
+    for served_pool, idx, rows in found:  # each pool's share of an even sample of the lessons
+        share = max(1, round(config.ranker_lessons * len(idx) / n_found)) if n_found > config.ranker_lessons \
+            else len(idx)
+        pick = _even_sample(np.arange(len(idx)), share)
+        learnt += _lesson(state, served_pool, rows[pick], played[idx[pick]])
+    if not n_found and fresh:
+        fresh_plays = _even_sample(np.arange(len(plays)), max(config.ranker_lessons // FRESH_SHARE, 1))
+        users, inv = np.unique(users_of[fresh_plays], return_inverse=True)
+        learnt += _lesson(state, user_pool(state, served, users, LESSON_K), inv, played[fresh_plays])
+    return learnt
+
+
+def _even_sample(idx: np.ndarray, n: int) -> np.ndarray:
+    return idx if len(idx) <= n else idx[np.linspace(0, len(idx) - 1, n).astype(np.int64)]
+
+
+def _lesson(state: OnlineState, p: Pool, rows: np.ndarray, played: np.ndarray) -> int:
+    match = (p.keys[rows] == played[:, None]) & p.allowed[rows]
+    chosen = np.where(match.any(axis=1), np.argmax(match, axis=1), -1)
+    return state.ranker.learn(p.features[rows], p.allowed[rows], chosen, p.sizes[rows])
+
+
+def _rank(state: OnlineState, model: ServingModel | None, users: np.ndarray, p: Pool, scores: np.ndarray,
+          k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Take the top of the allowed candidates, re-rank (NeuMF) and diversify (MMR); k per user."""
     ranker = None if model is None else model.ranker
     diverse = model is not None and state.config.diversity > 0
     depth = max(k, RERANK_DEPTH) if ranker is not None or diverse else k
-    keys, top = take_top(candidates.keys, scores, allowed, depth)
+    keys, top = take_top(p.keys, scores, p.allowed, depth)
     if model is not None and ranker is not None:
-        # users NeuMF was trained on and whose lists are mostly collaborative (β >= 1/2)
-        use = np.flatnonzero((ranker.user_rows(users) >= 0) & (beta >= 0.5))
+        # users NeuMF was trained on whose lists are mostly collaborative: it knows enough of their songs
+        n0 = state.config.cold_start_events
+        use = np.flatnonzero((ranker.user_rows(users) >= 0) & (p.known >= max(n0, 1e-9)))
         keys, top = rerank(model, users, keys, top, use, depth)
     if model is not None and diverse:
         keys, top = mmr(keys, top, model.index, state.config.diversity, k)

@@ -14,6 +14,7 @@ from index_manager.song_index import SongIndex, from_parts
 from online_models.base import RecList
 from online_models.content import ContentProjection
 from online_models.ncf import NCFScorer
+from online_models.sasrec_serving import SequenceQueries
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ServingModel:
     projection: ContentProjection | None = None
     new_song_norm: float = 0.0
     ranker: NCFScorer | None = None  # NeuMF re-ranks index candidates for users it was trained on
+    sequence: SequenceQueries | None = None  # SASRec: queries are states of recent plays, not fold-in
     metrics: dict[str, Any] = field(default_factory=dict)  # the manifest's, e.g. the gate's figures
     created_at: float | None = None
 
@@ -43,6 +45,7 @@ class ServingModel:
             raise ArtifactError("artifact has no version; save or load it first")
         try:
             index = from_parts(artifact.song_names, artifact.item_factors.copy(), artifact.index_bytes)
+            sequence = SequenceQueries.from_artifact(artifact) if artifact.kind == "sasrec" else None
         except ValueError as exc:
             raise ArtifactError(f"version {version}: {exc}") from exc
         y = index.factors.astype(np.float64)
@@ -55,7 +58,7 @@ class ServingModel:
             trained_until=float(artifact.trained_on.get("ts_max", 0.0) or 0.0),
             projection=ContentProjection.from_arrays(artifact.arrays, artifact.lists.get("content_features", [])),
             new_song_norm=float(params.get("new_song_norm", 0.0)),
-            ranker=NCFScorer.from_artifact(artifact) if artifact.kind == "ncf" else None,
+            ranker=NCFScorer.from_artifact(artifact) if artifact.kind == "ncf" else None, sequence=sequence,
             metrics=dict(artifact.metrics), created_at=artifact.created_at,
         )
 

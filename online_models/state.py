@@ -13,11 +13,16 @@ from collections import OrderedDict
 import numpy as np
 
 from index_manager.song_index import SongIndex
-from online_models.batch import PLAY, EventBatch
+from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
+from online_models.cooc import CoOccurrence
+from online_models.features import new_ranker
 from online_models.history import HistoryStore
-from online_models.popularity import DecayedCounts
+from online_models.popularity import PopularityLadder
 from online_models.sequences import RecentPlays
+
+# events whose co-occurrence votes are built at once: bounds the pairs in memory during a restore
+_COOC_CHUNK = 20_000
 
 
 class VectorCache:
@@ -47,15 +52,18 @@ class VectorCache:
 
 
 class OnlineState:
-    """Per user: decayed engagement history, the latest plays in order and the cached folded-in
-    vector; per song: decayed popularity and the name behind its key."""
+    """Everything learnt from the stream. Per user: decayed engagement history, the latest plays in
+    order and the cached folded-in vector. Per song: popularity at several half-lives and the name
+    behind its key. Between songs: co-occurrence votes. And the ranker that weighs these signals."""
 
     def __init__(self, config: OnlineConfig) -> None:
         self.config = config
         self.history = HistoryStore(config.half_life_days, config.max_history, config.full_play_ms,
                                     config.skip_weight)
-        self.popularity = DecayedCounts(config.popularity_half_life_days)
+        self.popularity = PopularityLadder(config.half_lives)
         self.recent = RecentPlays(config.recent_plays)
+        self.cooc = CoOccurrence(config.cooc_half_life_events, config.cooc_neighbours)
+        self.ranker = new_ranker(config)
         self.names: dict[int, str] = {}
         self.vectors = VectorCache(config.vector_cache)
 
@@ -73,8 +81,9 @@ class OnlineState:
             if key not in names:
                 names[key] = events.song_ids[i]
         self.popularity.update(events)
-        plays = np.flatnonzero(events.kinds == PLAY)
-        self.recent.update(events.user_ids[plays], events.song_keys[plays])
+        for start in range(0, len(events), _COOC_CHUNK):
+            part = events.take(slice(start, start + _COOC_CHUNK))
+            self.cooc.learn_events(self.recent, part, self.config.skip_weight)
         return self.history.update(events)
 
     def names_of(self, keys: np.ndarray, index: SongIndex | None) -> np.ndarray:

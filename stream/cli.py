@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from stream.cli_ops import doctor, versions_app
 from stream.settings import Settings, declared, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,6 +22,8 @@ import_app = typer.Typer(no_args_is_help=True, help="Import public data sets or 
 app.add_typer(import_app, name="import")
 ab_app = typer.Typer(no_args_is_help=True, help="A/B test a model version against the published one.")
 app.add_typer(ab_app, name="ab")
+app.add_typer(versions_app, name="versions")
+app.command("doctor")(doctor)
 console = Console()
 err = Console(stderr=True)
 
@@ -152,8 +155,8 @@ def replay(file: Annotated[Path, typer.Argument(help="generic event file (.csv/.
 
 
 @app.command()
-def retrain(model: Annotated[str | None, typer.Option(help="als or ncf (default MUSICREC_MODEL)")] = None,
-            backend: Annotated[str | None, typer.Option(help="NeuMF backend: torch or mlx")] = None,
+def retrain(model: Annotated[str | None, typer.Option(help="als, ncf or sasrec (default MUSICREC_MODEL)")] = None,
+            backend: Annotated[str | None, typer.Option(help="NeuMF / SASRec training backend: torch or mlx")] = None,
             data_dir: DataDir = None,
             until: Annotated[float | None, typer.Option(help="train on events with ts <= UNTIL")] = None,
             every: Annotated[str | None, typer.Option(help="run periodically, e.g. 30m, 1h (scheduler mode)")] = None,
@@ -202,8 +205,6 @@ def recs(user_id: Annotated[str, typer.Argument(help="user id")],
 def status(check: Annotated[bool, typer.Option(help="health check: exit 1 unless this host's worker "
                                                      "published stats in the last 30 s")] = False) -> None:
     """Workers' counters and the published model version."""
-    import socket
-
     from stream.redis_store import RedisKeys, connect, version_registry
     from stream.worker.stats import read_stats
 
@@ -211,7 +212,10 @@ def status(check: Annotated[bool, typer.Option(help="health check: exit 1 unless
     client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
     workers = read_stats(client, keys)
     if check:
-        mine = [w for w in workers if w["worker"].startswith(socket.gethostname() + "-")
+        from stream.worker.stats import worker_name
+
+        name = worker_name(cfg)
+        mine = [w for w in workers if (w.get("worker_id") == name or w["worker"].startswith(name + "-"))
                 and time.time() - w["updated_at"] < 30]
         raise typer.Exit(0 if mine else 1)
     console.print(f"published model: {version_registry(client, keys, cfg.artifacts_dir).published() or 'none'}")
@@ -355,7 +359,7 @@ def show_config(markdown: Annotated[bool, typer.Option(help="print the README's 
         table.add_column(col, overflow="fold")
     for section, name, env, default, _typ, doc in declared():
         current = getattr(getattr(settings, section), name)
-        if "PASSWORD" in env and current:
+        if ("PASSWORD" in env or env == "MUSICREC_API_KEY") and current:
             shown = "***"
         elif env == "REDIS_URL":
             from stream.redis_store import redacted

@@ -73,10 +73,12 @@ def ensure_topics(cfg: StreamConfig, attempts: int = CONNECT_ATTEMPTS, first_del
 class EventProducer:
     """Validating producer of listening and catalog events (kafka-python)."""
 
-    def __init__(self, cfg: StreamConfig, linger_ms: int = 5) -> None:
+    def __init__(self, cfg: StreamConfig, linger_ms: int = 5, attempts: int = CONNECT_ATTEMPTS,
+                 max_block_ms: int = 60_000) -> None:
         self.cfg = cfg
         self._producer: KafkaProducer = with_retries("connecting the producer", lambda: KafkaProducer(
-            **client_config(cfg), linger_ms=linger_ms, batch_size=1 << 16, acks=1, retries=5))
+            **client_config(cfg), linger_ms=linger_ms, batch_size=1 << 16, acks=1, retries=5,
+            max_block_ms=max_block_ms), attempts)
 
     def send_events(self, batch: EventBatch, topic: str | None = None) -> int:
         """Validate and send every event of ``batch`` (key = user_id); returns how many were sent."""
@@ -94,6 +96,19 @@ class EventProducer:
         keys = keys if keys is not None else iter(lambda: None, 0)
         for key, value in zip(keys, values, strict=False):
             self._producer.send(topic or self.cfg.events_topic, key=key, value=value)
+
+    def send_acknowledged(self, messages: list[tuple[bytes, bytes]], timeout: float = 10.0) -> None:
+        """Send (key, value) pairs to the events topic as they are and wait until the broker has
+        acknowledged every one; ServiceUnavailable names how many were not."""
+        try:
+            futures = [self._producer.send(self.cfg.events_topic, key=k, value=v) for k, v in messages]
+            self._producer.flush(timeout=timeout)
+        except KafkaError as exc:
+            raise ServiceUnavailable(f"Kafka did not take the events ({exc})") from exc
+        failed = [f for f in futures if not f.succeeded()]
+        if failed:
+            why = failed[0].exception if failed[0].is_done else "no acknowledgement in time"
+            raise ServiceUnavailable(f"Kafka did not acknowledge {len(failed)} of {len(messages)} events ({why})")
 
     def send_songs(self, songs: Iterable[Song]) -> int:
         n = 0

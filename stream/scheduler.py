@@ -30,7 +30,7 @@ def run_retrain(settings: Settings, until: float | None = None, publish: bool = 
     served = registry.published_artifact() if registry is not None else None
     result = retrain(EventLog(cfg.log_dir), cfg.artifacts_dir, settings.model, settings.train, settings.ncf,
                      served=served, until=until, catalog=CatalogStore(cfg.catalog_dir),
-                     show_progress=console is not None)
+                     show_progress=console is not None, sasrec_config=settings.sasrec)
     d = result.decision
     line = (f"trained {settings.train.model} on {result.n_events} events in {result.seconds:.1f}s -> version "
             f"{result.version}; gate: {d.reason}")

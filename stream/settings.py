@@ -2,7 +2,7 @@
 
 Values resolve, highest first: explicit overrides (CLI flags) > environment > TOML config file
 (``MUSICREC_CONFIG`` or ``./musicrec.toml``) > declared default. Each config class is a section
-with its own namespace: a table ``[stream]``, ``[model]``, ``[train]`` or ``[ncf]`` in TOML, a
+with its own namespace: a table ``[stream]``, ``[model]``, ``[train]``, ``[ncf]`` or ``[sasrec]`` in TOML, a
 ``"section.field"`` key in overrides (a bare field name only where one section has it). Model
 hyper-parameters are declared next to the code that uses them (``online_models.config``) and only
 collected here. Nothing is read at import time: call :func:`load_settings`.
@@ -22,10 +22,13 @@ from offline.config import TrainConfig
 from online_models.base import MAX_K
 from online_models.config import OnlineConfig, check_ranges, setting
 from online_models.ncf_config import NCFConfig
+from online_models.sasrec_spec import SASRecConfig
 from stream.errors import ConfigError
 
+SECRET_FIELDS = frozenset({"kafka_sasl_password", "api_key"})
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class StreamConfig:
     kafka_bootstrap: str = setting("", "KAFKA_BOOTSTRAP", "Kafka bootstrap servers (host:port,...). Empty: commands that can start an embedded broker do so.")
     redis_url: str = setting("", "REDIS_URL", "Redis URL (redis:// or rediss://, may carry user:password). Empty: embedded redis-server where allowed.")
@@ -42,14 +45,24 @@ class StreamConfig:
     redis_namespace: str = setting("musicrec", "MUSICREC_REDIS_NAMESPACE", "Prefix of every Redis key this project writes.")
     data_dir: str = setting("musicrec-data", "MUSICREC_DATA_DIR", "Directory of the event log (Parquet segments read by DuckDB) and model versions.")
     model_poll: float = setting(2.0, "MUSICREC_MODEL_POLL", "Seconds between a worker's checks for a newly published model version or A/B test.", gt=0)
+    warmup_events: int = setting(20_000, "MUSICREC_WARMUP_EVENTS", "Latest logged events a starting worker replays as a live stream (their users' lists, then the events) so the ranker relearns its weights; the rest of the log is folded in directly.", ge=0)
     kafka_security_protocol: str = setting("PLAINTEXT", "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     kafka_sasl_mechanism: str = setting("", "KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.")
     kafka_sasl_username: str = setting("", "KAFKA_SASL_USERNAME", "SASL user name.")
     kafka_sasl_password: str = setting("", "KAFKA_SASL_PASSWORD", "SASL password (never logged).")
     kafka_ssl_cafile: str = setting("", "KAFKA_SSL_CAFILE", "CA bundle to verify the brokers' TLS certificates.")
+    worker_id: str = setting("", "MUSICREC_WORKER_ID", "Stable name of a worker in metrics and stats (the Prometheus `worker` label); empty = the host name. Give each worker on one host its own.")
+    api_key: str = setting("", "MUSICREC_API_KEY", "Key the read API requires as `Authorization: Bearer <key>` on every endpoint but /health and /metrics; empty = open. Never logged.")
+    api_max_batch: int = setting(1000, "MUSICREC_API_MAX_BATCH", "Most items in one POST /events or POST /recs/batch request.", gt=0, le=100_000)
 
     def __post_init__(self) -> None:
         check_ranges(self)
+
+    def __repr__(self) -> str:
+        # settings end up in tracebacks and debug logs; secrets must not
+        shown = {f.name: "***" if f.name in SECRET_FIELDS and getattr(self, f.name) else getattr(self, f.name)
+                 for f in fields(self)}
+        return f"StreamConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
     def log_dir(self) -> Path:
@@ -70,9 +83,11 @@ class Settings:
     model: OnlineConfig
     train: TrainConfig
     ncf: NCFConfig
+    sasrec: SASRecConfig
 
 
-SECTIONS: dict[str, type] = {"stream": StreamConfig, "model": OnlineConfig, "train": TrainConfig, "ncf": NCFConfig}
+SECTIONS: dict[str, type] = {"stream": StreamConfig, "model": OnlineConfig, "train": TrainConfig, "ncf": NCFConfig,
+                             "sasrec": SASRecConfig}
 
 
 def _convert(raw: Any, typ: Any, where: str) -> Any:

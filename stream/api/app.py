@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,9 +22,25 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from index_manager.holder import NoModel
-from stream.api import routes
+from stream.api import ingest, routes
+from stream.api.auth import key_guard
 from stream.api.monitor import Monitor
-from stream.api.schemas import ERRORS, ErrorOut
+from stream.api.prometheus import CONTENT_TYPE, ApiMetrics
+from stream.api.schemas import (
+    BAD_BODY,
+    BAD_ID,
+    OUT_OF_RANGE,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    AbOut,
+    ErrorOut,
+    EventsAccepted,
+    HealthOut,
+    OverviewOut,
+    RecsBatchOut,
+    Responses,
+)
 from stream.api.state import ApiState
 from stream.errors import ConfigError, ServiceUnavailable
 from stream.events import InvalidEvent
@@ -75,18 +92,18 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """The read API and dashboard for ``settings`` (Redis, data dir, topics, namespace)."""
+    """The read API and dashboard for ``settings`` (Redis, data dir, topics, namespace, API key)."""
     handle = LazyRedis(settings.stream.redis_url)
     try:  # a malformed URL fails now (ConfigError); an unreachable Redis is only reported
         handle.get()
     except ServiceUnavailable as exc:
         log.warning("%s; serving 503 until it is back", exc)
     page = resources.files("stream.api").joinpath("dashboard/index.html").read_text(encoding="utf-8")
-    state = ApiState(settings, handle, Monitor(settings, handle), page)
+    monitor = Monitor(settings, handle)
+    state = ApiState(settings, handle, monitor, page, ApiMetrics(lambda: monitor.snapshot, monitor.index))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        monitor = state.monitor
         loops: list[tuple[float, str, Callable[[], object]]] = [
             (POLL_S, "poll", monitor.poll), (settings.stream.model_poll, "model load", monitor.follow_model),
             (LAG_POLL_S, "lag probe", monitor.measure_lag)]
@@ -97,31 +114,83 @@ def create_app(settings: Settings) -> FastAPI:
             for task in state.tasks:
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
-            await asyncio.to_thread(monitor.close)
+            await asyncio.to_thread(state.close)
 
     app = FastAPI(title="musicrec read API", version="1", lifespan=lifespan,
-                  description="Recommendations, similar songs, health, Prometheus metrics and a live dashboard.")
+                  description="Recommendations, similar songs, HTTP ingestion, health, Prometheus metrics and a "
+                              "live dashboard. With MUSICREC_API_KEY set, every operation but /health and "
+                              "/metrics needs `Authorization: Bearer <key>`.")
     app.state.musicrec = state
     handlers: dict[type[Exception], Callable[[Request, Exception], Awaitable[JSONResponse]]] = {
         HTTPException: _http_error, RequestValidationError: _validation_error, InvalidEvent: _bad_input,
         ServiceUnavailable: _unavailable, NoModel: _unavailable}
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
-    # :path converters: an id may contain "/" (sent percent-encoded); check_id decides what is valid
-    app.add_api_route("/recs/{user_id:path}", routes.get_recs, methods=["GET"], responses=ERRORS, tags=["read"])
-    app.add_api_route("/similar/{song_id:path}", routes.get_similar, methods=["GET"], tags=["read"],
-                      responses={**ERRORS, 404: {"model": ErrorOut, "description": "song not in the model"}})
-    app.add_api_route("/users/{user_id:path}/events", routes.get_user_events, methods=["GET"], responses=ERRORS,
-                      tags=["read"])
-    app.add_api_route("/health", routes.get_health, methods=["GET"], tags=["ops"])
-    app.add_api_route("/metrics", routes.get_metrics, methods=["GET"], tags=["ops"], response_class=PlainTextResponse)
-    app.add_api_route("/ab", routes.get_ab, methods=["GET"], tags=["ops"], responses=ERRORS)
-    app.add_api_route("/overview", routes.get_overview, methods=["GET"], tags=["ops"])
-    app.add_api_route("/reports/prequential.png", routes.get_report, methods=["GET"], tags=["ops"],
-                      response_class=FileResponse)
+    _add_routes(app, settings)
+    _hourly_spec(app, settings.stream.api_max_batch)
     app.add_api_route("/", routes.get_page, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
     app.mount("/dashboard", StaticFiles(packages=[("stream.api", "dashboard")]), name="dashboard")
     return app
+
+
+def _add_routes(app: FastAPI, settings: Settings) -> None:
+    key = settings.stream.api_key
+    try:
+        guard = [key_guard(key)] if key else []
+    except ValueError as exc:
+        raise ConfigError(f"MUSICREC_API_KEY: {exc}") from exc
+    locked: Responses = UNAUTHORIZED if key else {}
+    max_batch = settings.stream.api_max_batch
+
+    def add(path: str, endpoint: Callable[..., Any], tag: str, responses: dict[int | str, dict[str, Any]],
+            method: str = "GET", open_: bool = False, **kw: Any) -> None:
+        app.add_api_route(path, endpoint, methods=[method], tags=[tag], dependencies=[] if open_ else guard,
+                          responses={**responses, **({} if open_ else locked)}, **kw)
+
+    # :path converters: an id may contain "/" (sent percent-encoded); check_id decides what is valid
+    # /recs/batch before /recs/{user_id}: a POST-only path must answer other methods with Allow: POST
+    add("/recs/batch", ingest.post_recs_batch, "read", {**BAD_BODY, **TOO_LARGE, **OUT_OF_RANGE, **UNAVAILABLE},
+        method="POST", response_model=RecsBatchOut, openapi_extra=ingest.request_body(
+            ingest.recs_batch_body_schema(max_batch)))
+    add("/recs/{user_id:path}", routes.get_recs, "read", {**BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE})
+    add("/similar/{song_id:path}", routes.get_similar, "read", {
+        **BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE,
+        404: {"model": ErrorOut, "description": "song not in the published version, or no version published"}})
+    add("/users/{user_id:path}/events", routes.get_user_events, "read", {**BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE})
+    add("/events", ingest.post_events, "ingest", {**BAD_BODY, **TOO_LARGE, **UNAVAILABLE}, method="POST",
+        status_code=202, response_model=EventsAccepted,
+        openapi_extra=ingest.request_body(ingest.events_body_schema(max_batch)))
+    add("/health", routes.get_health, "ops", {503: {"model": HealthOut, "description": "Redis unreachable"}},
+        open_=True, response_model=HealthOut)
+    add("/metrics", routes.get_metrics, "ops", {200: {"content": {CONTENT_TYPE.split(";")[0]: {
+        "schema": {"type": "string"}}}, "description": "Prometheus text exposition 0.0.4"}},
+        open_=True, response_class=PlainTextResponse)
+    add("/ab", routes.get_ab, "ops", UNAVAILABLE, response_model=AbOut, response_model_exclude_unset=True)
+    add("/overview", routes.get_overview, "ops", {}, response_model=OverviewOut, response_model_exclude_unset=True)
+    add("/reports/prequential.png", routes.get_report, "ops", {
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+              "description": "the plot"},
+        404: {"model": ErrorOut, "description": "no evaluation plot saved yet"}}, response_class=FileResponse)
+
+
+def _hourly_spec(app: FastAPI, max_batch: int) -> None:
+    """Regenerate the OpenAPI spec when the hour turns: POST /events states its ``ts`` bound as a
+    plain ``maximum`` from the API's hour-rounded clock (see ``stream.api.ingest``)."""
+    generate = app.openapi
+    cached: dict[float, dict[str, Any]] = {}
+
+    def openapi() -> dict[str, Any]:
+        hour = ingest.receiver_clock()
+        if hour not in cached:
+            app.openapi_schema = None
+            spec = generate()
+            body = spec["paths"]["/events"]["post"]["requestBody"]["content"]["application/json"]
+            body["schema"] = ingest.events_body_schema(max_batch, hour)
+            cached.clear()
+            cached[hour] = spec
+        return cached[hour]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -> None:

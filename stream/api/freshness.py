@@ -68,13 +68,13 @@ class FreshnessSampler:
         self._total += seconds
         self._recent.append((written_at, seconds))
 
-    def sample(self, client: redis.Redis, pattern: str, now: float) -> int:
-        """One bounded SCAN step; returns how many new writes were observed."""
+    def sample(self, client: redis.Redis, pattern: str, now: float) -> list[float]:
+        """One bounded SCAN step; returns the freshness of each new write observed (seconds)."""
         with translate_errors("sampling recommendation values"):
             self.cursor, keys = client.scan(self.cursor, match=pattern, count=SCAN_PER_TICK)
             keys = keys[:2 * SCAN_PER_TICK]
             values = client.mget(keys) if keys else []
-        new = 0
+        new: list[float] = []
         for key, raw in zip(keys, values, strict=True):
             if raw is None:
                 continue
@@ -94,7 +94,7 @@ class FreshnessSampler:
             if len(self._seen) > SEEN_MAX:
                 self._seen.popitem(last=False)
             self.observe(written - produced, written)
-            new += 1
+            new.append(max(0.0, written - produced))
         return new
 
     def view(self, now: float) -> FreshnessView:

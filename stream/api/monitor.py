@@ -18,6 +18,7 @@ from index_manager.follower import VersionFollower
 from index_manager.registry import VersionRegistry
 from online_models.serving import ServingModel
 from stream.api.freshness import FreshnessSampler, FreshnessView, recs_pattern
+from stream.api.history import Timeline
 from stream.api.lag import Lag, LagProbe
 from stream.api.rates import EventRates, WorkerView, worker_views
 from stream.errors import ServiceUnavailable
@@ -57,6 +58,7 @@ class Monitor:
         self.pattern = recs_pattern(self.keys)
         self.rates = EventRates()
         self.freshness = FreshnessSampler()
+        self.timeline = Timeline()
         self.lag_probe = LagProbe(cfg)
         # the similar-songs index follows the pointer like the workers do
         self.index: VersionFollower[ServingModel] = VersionFollower(partial(ServingModel.load, cfg.artifacts_dir),
@@ -88,14 +90,16 @@ class Monitor:
             client = self.redis.get()
             workers = worker_views(read_stats(client, self.keys), self.rates, now)
             published = self._registry().published()
-            self.freshness.sample(client, self.pattern, now)
+            fresh = self.freshness.sample(client, self.pattern, now)
         except ServiceUnavailable as exc:
             prev = self.snapshot
             self.snapshot = Snapshot(now, str(exc), prev.published_version, prev.published_metrics, prev.workers,
                                      prev.events_per_s, prev.freshness, self._lag)
             return self.snapshot
-        self.snapshot = Snapshot(now, None, published, self._metrics_of(published), workers,
-                                 sum(w.events_per_s for w in workers), self.freshness.view(now), self._lag)
+        rate = sum(w.events_per_s for w in workers)
+        self.timeline.record(now, rate, fresh)
+        self.snapshot = Snapshot(now, None, published, self._metrics_of(published), workers, rate,
+                                 self.freshness.view(now), self._lag)
         return self.snapshot
 
     def follow_model(self) -> bool:

@@ -12,7 +12,9 @@ RATE_WINDOW_S = 10.0  # events/s is averaged over this much of the workers' coun
 
 @dataclass(frozen=True)
 class WorkerView:
-    worker: str
+    worker: str  # the process (one Redis stats key each): "<worker_id>-<pid>"
+    worker_id: str  # the stable name (MUSICREC_WORKER_ID or the host name): the metrics' label
+    started_at: float
     version: str | None
     events: int
     refused: int
@@ -66,8 +68,24 @@ def worker_views(stats: list[dict[str, Any]], rates: EventRates, now: float) -> 
     for s in stats:
         worker, updated = s["worker"], float(s.get("updated_at", 0.0))
         rates.observe(worker, updated, int(s.get("events", 0)))
-        views.append(WorkerView(worker, s.get("version"), int(s.get("events", 0)), int(s.get("refused", 0)),
+        # stats of a worker older than the stable name carry none: its process name stands in
+        views.append(WorkerView(worker, str(s.get("worker_id") or worker), float(s.get("started_at", 0.0)),
+                                s.get("version"), int(s.get("events", 0)), int(s.get("refused", 0)),
                                 int(s.get("users", 0)), int(s.get("batches", 0)), float(s.get("last_batch_ms", 0.0)),
                                 updated, max(0.0, now - updated), rates.rate(worker, now)))
     rates.keep_only({v.worker for v in views})
     return tuple(views)
+
+
+def newest_per_name(workers: tuple[WorkerView, ...]) -> dict[str, tuple[WorkerView, int]]:
+    """Per stable worker name, its newest process and how many processes publish under it.
+
+    A restarted worker is a new process under the same name; its counters start again from 0,
+    which Prometheus reads as a counter reset, so the old process's leftover stats (they expire
+    after a few minutes) must not be added in. Two live processes sharing a name is a
+    misconfiguration the process count shows."""
+    out: dict[str, tuple[WorkerView, int]] = {}
+    for w in workers:
+        best, n = out.get(w.worker_id, (w, 0))
+        out[w.worker_id] = (w if (w.started_at, w.updated_at) >= (best.started_at, best.updated_at) else best, n + 1)
+    return out

@@ -13,13 +13,15 @@ from fastapi import Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
+from index_manager.holder import NoModel
 from index_manager.keys import song_keys
 from offline.eventlog import EventLog
 from online_models.event_rules import MAX_ID_CHARS
-from stream.api.prometheus import render_prometheus
+from stream.api.prometheus import CONTENT_TYPE
 from stream.api.rates import STATS_STALE_S
 from stream.api.schemas import LoggedEvent, RecsOut, SimilarItem, SimilarOut, UserEventsOut
-from stream.api.state import ApiState, state_of
+from stream.api.state import ApiState, recs_json, state_of
+from stream.contracts import id_pattern
 from stream.errors import ServiceUnavailable
 from stream.events import check_id
 from stream.redis_store import translate_errors
@@ -28,10 +30,15 @@ from stream.redis_store import translate_errors
 # /similar searches the index once per request
 MAX_PAGE = 100
 MAX_EVENTS = 200
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
-
-UserId = Annotated[str, PathParam(description=f"1..{MAX_ID_CHARS} characters, no control characters")]
+# the id rules of the event contract, stated in the spec (an id is one path segment or more: "/" is
+# allowed and sent percent-encoded; "." and ".." cannot be sent in a URL path: use POST /recs/batch)
+# (stated in the schema only: check_id enforces them, with the contract's reasons and a 400)
+_ID = dict(json_schema_extra={"minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": id_pattern()},
+           description=f"1..{MAX_ID_CHARS} characters, not only whitespace, no control characters; "
+                       "percent-encoded in the path")
+UserId = Annotated[str, PathParam(**_ID)]
+SongId = Annotated[str, PathParam(**_ID)]
 Page = Annotated[int, Query(ge=1, le=MAX_PAGE, description="songs to return")]
 
 
@@ -40,18 +47,21 @@ def get_recs(request: Request, user_id: UserId,
     """A user's current recommendations with explanations (popularity for users without a list)."""
     state = state_of(request)
     check_id(user_id, "user_id")
-    recs, arm = state.read_recs(user_id, k)
-    if recs is None:
-        raise ServiceUnavailable("no recommendations have been written yet (is a worker running?)")
-    return RecsOut(**dict(recs.to_json(), user_id=user_id, arm=arm))
+    recs, _ = state.read_recs(user_id, k)
+    return RecsOut(**recs_json(user_id, recs))
 
 
-def get_similar(request: Request, song_id: Annotated[str, PathParam()],
-                k: Page = 10) -> SimilarOut:
-    """Songs closest to a song in the published model version's factor space."""
+def get_similar(request: Request, song_id: SongId, k: Page = 10) -> SimilarOut:
+    """Songs closest to a song in the published model version's factor space (404 before any version)."""
     state = state_of(request)
     check_id(song_id, "song_id")
-    model, version = state.monitor.index.holder.get()  # one read: the song and its neighbours from one version
+    try:
+        model, version = state.monitor.index.holder.get()  # one read: the song and its neighbours from one version
+    except NoModel as exc:
+        snap = state.monitor.snapshot
+        if snap.redis_error is None and snap.published_version is None:  # known: nothing is published
+            raise HTTPException(404, f"song {song_id!r} is not in any model: no version is published yet") from exc
+        raise  # published but not loaded (yet, or refused): 503, the API's own state
     if model.index.rows(song_keys([song_id]))[0] < 0:
         raise HTTPException(404, f"song {song_id!r} is not in model version {version}")
     found = model.similar(np.array([song_id], dtype=object), k, depth=state.settings.model.candidates)
@@ -108,10 +118,9 @@ def get_health(request: Request) -> JSONResponse:
 
 
 def get_metrics(request: Request) -> PlainTextResponse:
-    """Prometheus text exposition: events/s, DLQ, consumer lag, freshness histogram, index."""
-    monitor = state_of(request).monitor
-    text = render_prometheus(monitor.snapshot, monitor.index)
-    return PlainTextResponse(text, media_type=PROMETHEUS_TEXT)
+    """Prometheus text exposition 0.0.4: events/s, DLQ, consumer lag, freshness histogram, index,
+    POST /events counts, and the API process's own metrics."""
+    return PlainTextResponse(state_of(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 def get_ab(request: Request) -> dict[str, Any]:
@@ -133,7 +142,8 @@ def get_overview(request: Request) -> dict[str, Any]:
             "redis": {"ok": snap.redis_error is None, "error": snap.redis_error},
             "events_per_s": snap.events_per_s, "dlq": snap.refused, "freshness": snap.freshness.to_json(),
             "lag": snap.lag.to_json(), "workers": [w.to_json() for w in snap.workers], "model": model,
-            "report": {"prequential_png": state.report_path().is_file()}, "ab": _ab_or_error(state)}
+            "report": {"prequential_png": state.report_path().is_file()}, "ab": _ab_or_error(state),
+            "history": state.monitor.timeline.to_json()}
 
 
 def _ab_or_error(state: ApiState) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,7 +23,7 @@ from stream.worker.catalog import CatalogIntake
 from stream.worker.dedup import APPLIED_IDS, AppliedEvents
 from stream.worker.lists import ActiveUsers, ListWriter
 from stream.worker.processor import BatchProcessor
-from stream.worker.stats import Counters, LatencyWindow, publish_stats
+from stream.worker.stats import Counters, LatencyWindow, publish_stats, worker_name
 
 
 @dataclass
@@ -49,7 +48,7 @@ class WorkerParts:
     def build(cls, settings: Settings, client: redis.Redis, worker_id: str | None = None,
               applied_ids: int = APPLIED_IDS) -> WorkerParts:
         cfg = settings.stream
-        worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        worker_id = worker_id or f"{worker_name(cfg)}-{os.getpid()}"
         keys = RedisKeys(cfg.redis_namespace)
         model = OnlineALS(settings.model)
         load = partial(ServingModel.load, cfg.artifacts_dir)
@@ -91,7 +90,7 @@ class WorkerParts:
         stats: dict[str, Any] = dict(
             self.counters.as_dict(), freshness_p50_ms=p50, freshness_p95_ms=p95, freshness_p99_ms=p99,
             version=self.model.holder.version, users=len(self.model.state), swaps=self.versions.swaps,
-            refused_versions=self.versions.refused)
+            refused_versions=self.versions.refused, worker_id=worker_name(self.settings.stream))
         ab = self.ab.summary()
         if ab is not None:
             stats["ab"] = ab

@@ -8,6 +8,7 @@ through :func:`read_stats`.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import redis
 
 from stream.redis_store import RedisKeys, translate_errors
+from stream.settings import StreamConfig
 
 STATS_TTL_S = 300
 
@@ -59,6 +61,12 @@ class LatencyWindow:
         if self._count == 0:
             return tuple(0.0 for _ in ps)
         return tuple(float(v) * 1000 for v in np.percentile(self._values[:self._count], ps))
+
+
+def worker_name(cfg: StreamConfig) -> str:
+    """The worker's stable name (``MUSICREC_WORKER_ID``, else the host name): the same across restarts,
+    so metrics keep one series per worker; the process id is added to it for the stats key only."""
+    return cfg.worker_id or socket.gethostname()
 
 
 def publish_stats(client: redis.Redis, keys: RedisKeys, worker_id: str, stats: dict[str, Any]) -> None:

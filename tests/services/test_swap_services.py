@@ -1,6 +1,6 @@
 """Hot swaps on the real embedded broker and Redis: continuous reads see no error, no empty list and
-versions only moving forward; a corrupt version is refused while the old one keeps serving; the
-retrain CLI refuses a worse model and leaves the pointer alone."""
+versions only moving forward, across model kinds (ALS -> ALS -> SASRec); a corrupt version is refused
+while the old one keeps serving; the retrain CLI refuses a worse model and leaves the pointer alone."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from offline.config import TrainConfig
 from offline.eventlog import EventLog
-from offline.retrain import retrain_als
+from offline.retrain import retrain, retrain_als
 from online_models.batch import EventBatch
+from online_models.sasrec_spec import SASRecConfig
 from stream.kafka_io import EventProducer, ensure_topics
 from stream.redis_store import RecsClient, RedisKeys, connect
 from tests.services.processes import publish, published, run_cli
@@ -77,8 +79,10 @@ def test_reads_during_hot_swaps_never_fail_empty_or_go_back(make_settings, start
     try:
         time.sleep(1.0)
         versions = [first.version]
-        for _ in range(2):
-            result = retrain_als(log, cfg.artifacts_dir, settings.model)
+        quick_sasrec = SASRecConfig(factors=8, max_len=12, heads=2, dropout=0.0, negatives=16, epochs=5, val_users=0)
+        for kind in ("als", "sasrec"):
+            result = retrain(log, cfg.artifacts_dir, settings.model, TrainConfig(model=kind),
+                             sasrec_config=quick_sasrec)
             publish(settings, result.version)
             versions.append(result.version)
             worker.wait(lambda s, v=result.version: s["version"] == v and s["swaps"] >= len(versions) - 1, 60,

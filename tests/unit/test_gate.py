@@ -52,8 +52,22 @@ def test_gate_publishes_first_then_refuses_a_worse_candidate(tmp_path: Path) -> 
 
 
 def test_decide_uses_the_tolerance() -> None:
-    assert decide({"hr@10": 0.50}, {"hr@10": 0.504}, 0.005).publish
-    assert not decide({"hr@10": 0.49}, {"hr@10": 0.50}, 0.005).publish
+    assert decide({"hr@10": 0.50, "recall@10": 0.10}, {"hr@10": 0.504, "recall@10": 0.104}, 0.005).publish
+    assert not decide({"hr@10": 0.49, "recall@10": 0.10}, {"hr@10": 0.50, "recall@10": 0.10}, 0.005).publish
+
+
+@pytest.mark.parametrize("candidate, worse", [
+    ({"hr@10": 0.70, "recall@10": 0.05}, "recall@10"),  # better on sampled HR, worse on the full catalogue
+    ({"hr@10": 0.50, "recall@10": 0.20}, "hr@10"),  # the reverse
+])
+def test_the_gate_refuses_a_candidate_worse_on_either_protocol(candidate: dict[str, float], worse: str) -> None:
+    served = {"hr@10": 0.60, "recall@10": 0.10}
+    decision = decide(candidate, served, 0.005)
+    assert not decision.publish
+    assert decision.reason.startswith(worse) and "hr@10" in decision.reason and "recall@10" in decision.reason
+    assert decision.as_dict()["checks"] == {
+        key: {"candidate": candidate[key], "served": served[key], "ok": key != worse} for key in served}
+    assert decide(dict(candidate, **{worse: served[worse]}), served, 0.005).publish, "equal on it: published"
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("1h", 3600), ("2d", 172800), ("5", 5)])
@@ -62,7 +76,7 @@ def test_periods(text: str, seconds: float) -> None:
 
 
 def test_bad_train_settings_are_clear_errors() -> None:
-    with pytest.raises(ValueError, match="als or ncf"):
+    with pytest.raises(ValueError, match="als, ncf or sasrec"):
         TrainConfig(model="svd")
     with pytest.raises(ValueError, match="period"):
         TrainConfig(every="soon")

@@ -41,6 +41,9 @@ TINY_HYBRID = {"l2": [10.0, 100.0], "half_life_events": [0.0, 5.0], "als_weight"
 TINY_PARAMS = {"implicit-als-tuned": {"factors": 16}, "implicit-bpr-tuned": {"factors": 16},
                "als-tuned": {"factors": 16}, "hybrid": {"l2": 10.0, "half_life_events": 5.0, "als_weight": 1.0},
                "ease": {"l2": 10.0, "half_life_events": 5.0, "als_weight": 0.0}}
+# same class as another (ncf-mlx: test_ncf compares the backends) or trained at its default size
+# (sasrec: test_sasrec runs its scorer with a quick config)
+NOT_FITTED_HERE = ("ncf-mlx", "sasrec", "sasrec-mlx")
 
 
 def _gain(rank: int) -> float:
@@ -156,8 +159,8 @@ def fitted() -> tuple[dict[str, object], np.ndarray, np.ndarray]:
     cache: dict = {}  # type: ignore[type-arg]
     scorers = {}
     for name in MODELS:
-        if name == "ncf-mlx":
-            continue  # same class as "ncf"; test_ncf compares the backends
+        if name in NOT_FITTED_HERE:
+            continue
         scorer = make_scorer(name, ncf_config=QUICK_NCF, cache=cache, params=TINY_PARAMS.get(name))
         scorer.fit(train)
         scorers[name] = scorer
@@ -165,7 +168,7 @@ def fitted() -> tuple[dict[str, object], np.ndarray, np.ndarray]:
     return scorers, users, np.concatenate([songs[:, None], negs], axis=1)
 
 
-@pytest.mark.parametrize("name", [m for m in MODELS if m != "ncf-mlx"])
+@pytest.mark.parametrize("name", [m for m in MODELS if m not in NOT_FITTED_HERE])
 def test_batch_equals_single_user(fitted, name: str) -> None:  # type: ignore[no-untyped-def]
     scorers, users, cands = fitted
     scorer = scorers[name]

@@ -53,8 +53,8 @@ def test_cooccurrence_counts_votes_both_ways_and_normalises_by_plays() -> None:
     votes, norm = q.at(np.array([[2, 3, 1, 9], [1, 2, 3, 9]]))
     # song 1 and 2 were played together by a and by b; 3 once with each of them (by b)
     assert votes.tolist() == [[2.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
-    # plays: 1 -> 2, 2 -> 2, 3 -> 1: cosine votes divide by sqrt(plays x plays)
-    np.testing.assert_allclose(norm, [[2 / 2, 1 / np.sqrt(2), 0, 0], [1 / np.sqrt(2), 1 / np.sqrt(2), 0, 0]])
+    # plays: 1 -> 2, 2 -> 2, 3 -> 1: normalised votes divide by the candidate's sqrt(plays)
+    np.testing.assert_allclose(norm, [[2 / np.sqrt(2), 1.0, 0, 0], [1 / np.sqrt(2), 1 / np.sqrt(2), 0, 0]])
     assert cooc.plays(np.array([1, 3, 9])).tolist() == [2.0, 1.0, 0.0]
 
 

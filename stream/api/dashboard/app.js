@@ -11,8 +11,41 @@ const rateHistory = [];
 const userState = { id: null, valueKey: null, eventsAt: 0 };
 let plotShown = false;
 
+// With MUSICREC_API_KEY set, every data endpoint needs "Authorization: Bearer <key>". The page asks
+// once, on the first 401, and keeps the key for this browser tab's session only (sessionStorage).
+const KEY_ITEM = "musicrec-api-key";
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY_ITEM);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+function askForKey(message) {
+  $("key-form").hidden = false;
+  text("key-error", message || "");
+  if (document.activeElement !== $("key-input")) $("key-input").focus();
+}
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = $("key-input").value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_ITEM, key);
+  $("key-input").value = "";
+  $("key-form").hidden = true;
+  plotShown = false;
+});
+
+async function authorizedFetch(url) {
+  const response = await fetch(url, { cache: "no-store", headers: authHeaders() });
+  if (response.status === 401) {
+    const hadKey = sessionStorage.getItem(KEY_ITEM) !== null;
+    sessionStorage.removeItem(KEY_ITEM);
+    askForKey(hadKey ? "that key was refused" : "");
+    throw new Error("API key needed");
+  }
+  return response;
+}
+
 async function getJSON(url) {
-  const response = await fetch(url, { cache: "no-store" });
+  const response = await authorizedFetch(url);
   let body = {};
   try { body = await response.json(); } catch (_) { /* a non-JSON error page: fall back to the status */ }
   if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
@@ -99,13 +132,61 @@ function renderOverview(o) {
   renderGate(o.model.metrics);
   renderAB(o.ab || { running: false });
 
+  renderHistory(o.history);
   if (o.report.prequential_png && !plotShown) {
     plotShown = true;
-    const img = $("plot");
-    img.onload = () => { img.hidden = false; $("plot-placeholder").hidden = true; };
-    img.onerror = () => { plotShown = false; }; // e.g. replaced while being read: try on a later poll
-    img.src = `/reports/prequential.png?t=${Date.now()}`;
+    showPlot().catch(() => { plotShown = false; }); // e.g. replaced while being read: try on a later poll
   }
+}
+
+async function showPlot() {
+  // fetched with the key (an <img src> cannot send it), shown from a blob URL
+  const response = await authorizedFetch(`/reports/prequential.png?t=${Date.now()}`);
+  if (!response.ok) throw new Error(`${response.status}`);
+  const img = $("plot");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.onload = () => { img.hidden = false; $("plot-placeholder").hidden = true; };
+  img.src = URL.createObjectURL(await response.blob());
+}
+
+// The last 15 minutes, one point per 10 s bucket: events/s, and freshness p50/p99 (gaps where no
+// write was sampled). Time runs left to right over the whole span; the newest bucket is on the right.
+function drawSeries(canvasId, t, series, span, unit) {
+  const canvas = $(canvasId);
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const values = series.flatMap((s) => s.values.filter((v) => v !== null));
+  const max = Math.max(unit === "s" ? 0.1 : 1, ...values);
+  const end = t.length ? t[t.length - 1] : Date.now() / 1000;
+  const x = (ts) => canvas.width * (1 - (end - ts) / span);
+  const y = (v) => canvas.height - 14 - (v / max) * (canvas.height - 20);
+  ctx.font = "10px sans-serif";
+  ctx.fillStyle = "#777";
+  ctx.fillText(unit === "s" ? seconds(max) : number(Math.round(max)), 2, 10);
+  ctx.fillText("-15 min", 2, canvas.height - 2);
+  ctx.fillText("now", canvas.width - 22, canvas.height - 2);
+  for (const s of series) {
+    ctx.strokeStyle = s.color;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    let drawing = false;
+    s.values.forEach((v, i) => {
+      if (v === null) { drawing = false; return; }
+      if (drawing) ctx.lineTo(x(t[i]), y(v)); else ctx.moveTo(x(t[i]), y(v));
+      drawing = true;
+    });
+    ctx.stroke();
+  }
+}
+
+function renderHistory(h) {
+  if (!h) return;
+  drawSeries("history-rate", h.t, [{ values: h.events_per_s, color: "#3a5bd9" }], h.span_s, "ev/s");
+  drawSeries("history-freshness", h.t, [{ values: h.freshness_p50_s, color: "#2a9d5c" },
+                                        { values: h.freshness_p99_s, color: "#d9822b" }], h.span_s, "s");
+  const rates = h.events_per_s;
+  const mean = rates.length ? rates.reduce((a, b) => a + b, 0) / rates.length : 0;
+  text("history-note", `${rates.length} buckets of ${h.bucket_s} s · mean ${mean.toFixed(1)} events/s`);
 }
 
 function renderAB(ab) {
@@ -121,10 +202,10 @@ function renderAB(ab) {
 function renderRecs(r) {
   $("user-view").hidden = false;
   text("recs-user", r.user_id);
-  text("recs-version", r.model_version);
+  text("recs-version", r.model_version || "nothing written yet");
   const updated = $("recs-updated");
   updated.dataset.ts = String(r.updated_at);
-  updated.textContent = `${utc(r.updated_at)} UTC (${ago(r.updated_at)})`;
+  updated.textContent = r.updated_at === null ? "–" : `${utc(r.updated_at)} UTC (${ago(r.updated_at)})`;
   const last = r.last_event;
   text("recs-last-event", last && last.event_id ? last.event_id : "–");
   text("recs-freshness", last && last.produced_at ? `freshness ${seconds(r.updated_at - last.produced_at)}` : "");

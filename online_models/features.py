@@ -1,0 +1,153 @@
+"""Candidates and the signals the ranker weighs: one pool per request, the same for serving and learning.
+
+Three sources propose songs for each user: popularity (at every half-life of the ladder), songs
+co-played with the user's latest plays, and the index's nearest songs to the user's folded-in
+vector. Every signal is then scored on every candidate, whatever proposed it:
+
+* ``pop@h``: log of the song's popularity at half-life h relative to the most popular song;
+* ``popularity``: the same at the half-life whose lists caught the most plays so far;
+* ``cooc`` / ``cooc_norm``: log of the co-occurrence votes from the user's latest plays (raw, and
+  divided by the square root of both songs' plays), relative to the user's best candidate;
+* ``cf``: the dot product of the user's folded-in vector and the song's factors (0 when unknown).
+
+A user's pool depends only on their own state, never on who shares the call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from index_manager.holder import Served
+from online_models.blend import Ranker
+from online_models.config import OnlineConfig
+from online_models.cooc import CoocQuery
+from online_models.ranking import mask_seen, repeats
+
+if TYPE_CHECKING:
+    from online_models.serving import ServingModel
+    from online_models.state import OnlineState
+
+_POP_FLOOR = 1e-6  # log floor of relative popularity (a song never played)
+_VOTE_FLOOR = 1e-4  # log floor of relative co-occurrence votes (none)
+LESSON_K = 10  # list length a lesson assumes when it sizes the popularity candidates
+
+
+def feature_names(config: OnlineConfig) -> tuple[str, ...]:
+    return (*(f"pop@{h:g}" for h in config.half_lives), "popularity", "cooc", "cooc_norm", "cf")
+
+
+def new_ranker(config: OnlineConfig) -> Ranker:
+    """An untrained ranker that serves the adaptive popularity list until the stream teaches it more."""
+    names = feature_names(config)
+    initial = np.zeros(len(names))
+    initial[names.index("popularity")] = 1.0
+    return Ranker(len(names), config.ranker_hidden, learning_rate=config.ranker_learning_rate,
+                  initial=initial, seed=config.seed)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Per user (rows): candidate song keys (U, M), which may be served (a real song, its first
+    entry, within its source's width, not heard unless relistening is on), their signals (U, M, d),
+    the user's history size (the ranker's bucket) and how many of their songs the model knows."""
+
+    keys: np.ndarray
+    allowed: np.ndarray
+    features: np.ndarray
+    sizes: np.ndarray
+    known: np.ndarray
+
+
+def _popular(state: OnlineState, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The most popular songs at the half-life that predicts best, and each one's rank. (The other
+    half-lives' top songs add nothing here: measured on the early half of both logs.)"""
+    ladder = state.popularity
+    top = ladder.top(int(widths.max(initial=0)), ladder.best)
+    return top, np.arange(len(top))
+
+
+def index_candidates(model: ServingModel, vectors: np.ndarray, width: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index candidates with exactly recomputed scores and each one's rank among them.
+
+    The index's own scores depend on how many queries share a call (FAISS switches to BLAS for
+    batches), so a few extra candidates are fetched and re-scored row by row: a user's answer is
+    then the same whether asked alone or in a batch."""
+    fetch = min(width + max(8, width // 8), len(model.index))
+    keys, _ = model.index.search(vectors, fetch)
+    rows = model.index.rows(keys)
+    exact = np.full(keys.shape, -np.inf, np.float32)
+    for start in range(0, len(keys), 512):  # bounds the (users x candidates x f) gather
+        part = slice(start, start + 512)
+        r = rows[part]
+        cand = model.index.factors[np.maximum(r, 0)]
+        dots = np.matmul(cand, vectors[part].astype(np.float32)[..., None])[..., 0]
+        exact[part] = np.where(r >= 0, dots, -np.inf)
+    order = np.lexsort((keys, -exact), axis=1)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(keys.shape[1]), axis=1)
+    return keys, np.where(np.isfinite(exact), exact, 0.0).astype(np.float32), rank
+
+
+def _relative_log(values: np.ndarray, top: np.ndarray, floor: float) -> np.ndarray:
+    """log(v / top + floor) per row (``top``: the row's largest value over every song, so a user's
+    features do not depend on which candidates share the row); non-positive values sit at the floor."""
+    return np.log(np.maximum(values, 0.0) / np.maximum(top, 1e-300)[:, None] + floor)
+
+
+def pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int,
+         vectors: np.ndarray | None = None, known: np.ndarray | None = None) -> Pool:
+    """Candidates and signals for ``users`` under the served version (or popularity and co-occurrence
+    alone before any version); ``vectors``/``known`` are the users' folded-in vectors, if computed."""
+    config = state.config
+    n = len(users)
+    heard_slots, heard_keys = state.history.seen(users)
+    sizes = np.bincount(heard_slots, minlength=n)
+    widths = k + (np.zeros(n, np.int64) if config.relisten else np.minimum(sizes, config.candidates))
+    pop_keys, pop_rank = _popular(state, widths)
+    query = state.cooc.query(state.recent.gather(users, config.cooc_query))
+    skip = None if config.relisten else (heard_slots, heard_keys)
+    blocks = [np.broadcast_to(pop_keys, (n, len(pop_keys))), query.top(config.cooc_candidates, skip)]
+    in_width = [pop_rank[None, :] < widths[:, None], np.ones(blocks[1].shape, bool)]
+    model = None if served is None else served.model
+    known = np.zeros(n, np.int64) if known is None else known
+    if model is not None and vectors is not None:
+        index_keys, _, rank = index_candidates(model, vectors, int(widths.max(initial=k)))
+        blocks.append(np.where((known == 0)[:, None], -1, index_keys))  # no collaborative pool for strangers
+        in_width.append(rank < widths[:, None])
+    keys = np.concatenate(blocks, axis=1)
+    eligible = np.concatenate(in_width, axis=1) & (keys >= 0)
+    # a song proposed twice counts once, at its first eligible entry (which entry is eligible may
+    # depend on the call's widest user; whether one is, does not)
+    distinct = np.where(eligible, keys, -2 - np.arange(keys.shape[1]))
+    allowed = eligible & ~repeats(distinct)
+    if not config.relisten:
+        allowed &= ~mask_seen(keys, heard_slots, heard_keys)
+    return Pool(keys, allowed, _signals(state, model, vectors, keys, len(pop_keys), query), sizes, known)
+
+
+def _signals(state: OnlineState, model: ServingModel | None, vectors: np.ndarray | None, keys: np.ndarray,
+             n_shared: int, query: CoocQuery) -> np.ndarray:
+    ladder = state.popularity
+    n_rungs = len(ladder.half_lives)
+    feats = np.empty((*keys.shape, n_rungs + 4), np.float32)  # half the memory of what is kept for lessons
+    scale = ladder.maxima()
+    # the first n_shared columns are the same songs for every user: score them once
+    feats[:, :n_shared, :n_rungs] = np.log(ladder.scores(keys[0, :n_shared]) / scale + _POP_FLOOR)[None] \
+        if len(keys) else 0.0
+    feats[:, n_shared:, :n_rungs] = np.log(ladder.scores(keys[:, n_shared:]) / scale + _POP_FLOOR)
+    feats[..., n_rungs] = feats[..., ladder.best]
+    votes, normalised = query.at(keys)
+    top_votes, top_normalised = query.row_max()
+    feats[..., n_rungs + 1] = _relative_log(votes, top_votes, _VOTE_FLOOR)
+    feats[..., n_rungs + 2] = _relative_log(normalised, top_normalised, _VOTE_FLOOR)
+    feats[..., n_rungs + 3] = 0.0
+    if model is not None and vectors is not None:
+        rows = model.index.rows(keys)
+        # einsum, not BLAS: a row's dot products must not depend on how many users share the call
+        dots = np.einsum("umf,uf->um", model.index.factors[np.maximum(rows, 0)], vectors)
+        feats[..., n_rungs + 3] = np.where(rows >= 0, dots, 0.0)
+    return feats

