@@ -23,8 +23,9 @@ from online_models.metrics import sampled_hit_ndcg
 from online_models.ncf_config import NCFConfig
 from online_models.ranking import sample_unseen, seen_keys
 
-DEFAULT_MODELS = ("als", "hybrid", "ncf", "implicit-als", "implicit-als-tuned", "implicit-bpr", "implicit-bpr-tuned",
-                  "popularity")
+# ``ease`` and ``als-tuned``: the hybrid's two parts alone (tuned for it anyway; ``ease`` reuses its EASE table)
+DEFAULT_MODELS = ("als", "als-tuned", "ease", "hybrid", "ncf", "implicit-als", "implicit-als-tuned", "implicit-bpr",
+                  "implicit-bpr-tuned", "popularity")
 PEERS = ("implicit-als", "implicit-als-tuned", "implicit-bpr", "implicit-bpr-tuned")
 SAMPLED_NEGATIVES = 99
 

@@ -287,6 +287,23 @@ def test_standardise_rows() -> None:
     np.testing.assert_array_equal(z[1], 0.0)
 
 
+def test_hybrid_scores_are_the_standardised_blend_by_hand() -> None:
+    # user a played song 0 at t=1, song 1 at t=2 (half-life 1 play: weights 0.5, 1); user b played song 2
+    ease = sp.csr_matrix(np.array([[0.0, 2.0, 2.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], np.float32))
+    plays = (np.array([0, 0, 1]), np.array([0, 1, 2]), np.array([1.0, 2.0, 3.0]))
+    uf = np.array([[1.0, 0.0], [0.0, 0.0]], np.float32)  # b has no ALS taste: a constant row, standardised to 0
+    itf = np.array([[1.0, 0.0], [0.0, 5.0], [-1.0, 0.0]], np.float32)
+    users, songs = np.array(["a", "b"], object), np.array(["s0", "s1", "s2"], object)
+    c = math.sqrt(1.5)
+    # a: EASE row 0.5·[0,2,2] + [0,0,1] = [0,1,2] -> [-c,0,c]; ALS row [1,0,-1] -> [c,0,-c]
+    # b: EASE row [1,0,0] -> [√2, -√2/2, -√2/2]; ALS 0
+    for weight, row_a in ((0.0, [-c, 0.0, c]), (1.0, [0.0, 0.0, 0.0]), (2.0, [c, 0.0, -c])):
+        model = HybridModel(HybridConfig(half_life_events=1.0, als_weight=weight), users, songs, uf, itf, ease, plays)
+        np.testing.assert_allclose(model.history.toarray(), [[0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        np.testing.assert_allclose(model.scores(np.array([0, 1])),
+                                   [row_a, [math.sqrt(2), -math.sqrt(2) / 2, -math.sqrt(2) / 2]], atol=1e-6)
+
+
 def test_hybrid_serves_from_histories_and_round_trips_as_an_artifact(tmp_path) -> None:  # type: ignore[no-untyped-def]
     train, _, _ = loo_split(clustered_log())
     model = HybridModel.fit(train, HybridConfig(l2=10.0, half_life_events=5.0, als_weight=1.0, neighbours=30,
