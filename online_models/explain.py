@@ -52,7 +52,7 @@ def explain(state: OnlineState, served: Served[ServingModel] | None, users: np.n
 def popular_list(state: OnlineState, served: Served[ServingModel] | None, k: int) -> RecList:
     """The cold-start list: the ``k`` most popular songs now (one row)."""
     ladder = state.popularity
-    keys = ladder.top(k, ladder.best)
+    keys = state.top_popular(k)
     counts = ladder.scores(keys)[:, ladder.best] if len(keys) else np.empty(0)
     row_k = np.full((1, k), -1, np.int64)
     row_s = np.full((1, k), -np.inf, np.float32)

@@ -225,6 +225,27 @@ class RecsWriter:
         return now
 
 
+    def delete(self, users: Sequence[str]) -> int:
+        """Remove users' lists (a forgotten user); returns how many existed."""
+        if not len(users):
+            return 0
+        with translate_errors("deleting recommendations"):
+            return int(self.client.delete(*[self.keys.recs(u) for u in users]))
+
+    def holding(self, users: Sequence[str], song_ids: Sequence[str], chunk: int = 1000) -> list[str]:
+        """Those of ``users`` whose stored list holds any of ``song_ids`` (read in MGETs of ``chunk``;
+        matched on the bytes :func:`encode_value` writes, without parsing)."""
+        needles = [b'"song_id":' + orjson.dumps(s) + b"," for s in song_ids]
+        found: list[str] = []
+        for start in range(0, len(users), chunk):
+            part = list(users[start:start + chunk])
+            with translate_errors("reading recommendations"):
+                values = self.client.mget([self.keys.recs(u) for u in part])
+            found += [u for u, raw in zip(part, values, strict=True)
+                      if raw is not None and any(n in raw for n in needles)]
+        return found
+
+
 class RecsClient:
     """What a reading service uses: ``get`` / ``get_many`` with a popularity fallback."""
 

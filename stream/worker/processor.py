@@ -40,7 +40,12 @@ class BatchProcessor:
         sources = [m.source for m in messages]
         parsed = parse_events([m.value for m in messages], [m.key for m in messages], sources)
         dead = [DeadLetter(messages[i].key, messages[i].value, reason, sources[i]) for i, reason in parsed.refused]
-        batch = parsed.events
+        batch, positions = parsed.events, np.asarray(parsed.positions, np.int64)
+        void = self.log.tombstones.void(batch.user_ids, batch.ts)
+        if void.any():  # a forgotten user's erased past, sent again (a replay of an old file)
+            keep = np.flatnonzero(~void)
+            batch, positions = batch.take(keep), positions[keep]
+            self.counters.events_void += int(void.sum())
         duplicates = 0
         if len(batch):
             # An event already folded in (redelivered by Kafka after a crash or a rebalance, or this
@@ -48,7 +53,7 @@ class BatchProcessor:
             # time; its user's list is still recomputed and written.
             new_events, duplicates = self.applied.split(batch)
             self.log.append(new_events, writer=self.worker_id)
-            produced = np.array([messages[i].timestamp for i in parsed.positions], dtype=np.float64)
+            produced = np.array([messages[i].timestamp for i in positions.tolist()], dtype=np.float64)
             self.model.partial_fit(new_events)
             self.applied.folded_in(new_events)
             touched = np.unique(batch.user_ids)
