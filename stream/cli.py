@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from stream.cli_ops import doctor, versions_app
+from stream.cli_ops import doctor, songs_app, users_app, versions_app
 from stream.settings import Settings, declared, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,6 +23,8 @@ app.add_typer(import_app, name="import")
 ab_app = typer.Typer(no_args_is_help=True, help="A/B test a model version against the published one.")
 app.add_typer(ab_app, name="ab")
 app.add_typer(versions_app, name="versions")
+app.add_typer(songs_app, name="songs")
+app.add_typer(users_app, name="users")
 app.command("doctor")(doctor)
 console = Console()
 err = Console(stderr=True)

@@ -282,6 +282,26 @@ class RecsClient:
         return out
 
 
+    def get_excluding(self, user_id: str, k: int, exclude: set[str]) -> Recs | None:
+        """``user_id``'s list without the songs in ``exclude``, refilled to ``k`` from the rest of the
+        stored list (``MUSICREC_K`` songs), then from the popular list; None when nothing is stored."""
+        if not 0 < k <= MAX_K:
+            raise ValueError(f"k must be within 1..{MAX_K}, got {k}")
+        with translate_errors("reading recommendations"):
+            raw, popular = self.client.mget([self.keys.recs(user_id), self.keys.popular()])
+        if raw is not None:
+            base = Recs.decode(raw)
+        elif popular is not None:
+            base = Recs.decode(popular, fallback=True)
+        else:
+            return None
+        items = [i for i in base.items if i["song_id"] not in exclude][:k]
+        if len(items) < k and raw is not None and popular is not None:
+            taken = exclude | {i["song_id"] for i in items}
+            items += [i for i in Recs.decode(popular).items if i["song_id"] not in taken][:k - len(items)]
+        return replace(base, items=items)
+
+
 class RedisPointer:
     """The version registry's pointer and history in Redis (``index_manager.registry.PointerStore``):
     ``<ns>:model:current``, ``<ns>:model:history`` (a list, newest first), and a message on

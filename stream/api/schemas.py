@@ -64,6 +64,21 @@ class EventsAccepted(BaseModel):
     topic: str
 
 
+class HiddenOut(BaseModel):
+    song_id: str
+    hidden: bool = Field(description="true: left out of every list from now on; false: allowed again")
+    at: float = Field(description="when the request was recorded (unix seconds); workers apply it within a second")
+
+
+class ForgottenOut(BaseModel):
+    user_id: str
+    at: float = Field(description="the tombstone's time: the user's events up to it are void, later ones start a "
+                                  "new history")
+    lists_deleted: int = Field(description="Redis lists deleted (0 or 1)")
+    events_purged: int = Field(description="events removed from the log's segments")
+    segments_rewritten: int = Field(description="log segments rewritten without them")
+
+
 class ItemError(BaseModel):
     index: int = Field(description="position of the refused item in the request's array")
     reason: str
