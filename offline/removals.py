@@ -91,12 +91,14 @@ class HiddenSongs:
         return changed
 
     def refresh(self) -> tuple[list[str], list[str]]:
-        """Read new records; returns (songs now hidden, songs now visible) that changed."""
-        hidden: list[str] = []
-        shown: list[str] = []
+        """Read new records; returns (songs now hidden, songs now visible) whose state changed."""
+        before: dict[str, bool] = {}
         for r in self.file.read_new():
-            (hidden if r["hidden"] else shown).extend(self.merge([r["song_id"]], bool(r["hidden"]), float(r["at"])))
-        return _settled(hidden, shown, self._latest)
+            song = r["song_id"]
+            before.setdefault(song, self.is_hidden(song))
+            self.merge([song], bool(r["hidden"]), float(r["at"]))
+        changed = [s for s, was in before.items() if self.is_hidden(s) != was]
+        return [s for s in changed if self.is_hidden(s)], [s for s in changed if not self.is_hidden(s)]
 
     def hidden(self) -> list[str]:
         return sorted(s for s, (h, _) in self._latest.items() if h)
@@ -104,12 +106,6 @@ class HiddenSongs:
     def is_hidden(self, song_id: str) -> bool:
         state = self._latest.get(song_id)
         return state is not None and state[0]
-
-
-def _settled(hidden: list[str], shown: list[str], latest: dict[str, tuple[bool, float]]) -> tuple[list[str], list[str]]:
-    """Each song once, in the state it ended in (a hide and an unhide read together)."""
-    songs = dict.fromkeys(hidden + shown)
-    return [s for s in songs if latest[s][0]], [s for s in songs if not latest[s][0]]
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ def _add_routes(app: FastAPI, settings: Settings) -> None:
     add("/recs/{user_id:path}", routes.get_recs, "read", {**BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE})
     add("/similar/{song_id:path}", routes.get_similar, "read", {
         **BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE,
-        404: {"model": ErrorOut, "description": "song not in the published version, or no version published"}})
+        404: {"model": ErrorOut, "description": "song not in the published version, hidden, or no version published"}})
     add("/users/{user_id:path}/events", routes.get_user_events, "read", {**BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE})
     add("/users/{user_id:path}", routes.forget_user, "removals", {**BAD_ID, **UNAVAILABLE}, method="DELETE",
         response_model=ForgottenOut)

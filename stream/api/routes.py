@@ -113,6 +113,8 @@ def get_similar(request: Request, song_id: SongId, k: Page = 10) -> SimilarOut:
         raise  # published but not loaded (yet, or refused): 503, the API's own state
     if model.index.rows(song_keys([song_id]))[0] < 0:
         raise HTTPException(404, f"song {song_id!r} is not in model version {version}")
+    if state.hide_from(model).is_hidden(song_id):
+        raise HTTPException(404, f"song {song_id!r} is hidden")
     found = model.similar(np.array([song_id], dtype=object), k, depth=state.settings.model.candidates)
     return SimilarOut(song_id=song_id, model_version=version,
                       items=[SimilarItem(song_id=str(s), score=float(v)) for s, v, _ in found.row(0)])
