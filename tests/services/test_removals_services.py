@@ -101,7 +101,7 @@ def test_every_user_gets_a_list_then_a_hidden_song_and_a_forgotten_user_are_gone
 
 
 def test_the_api_hides_forgets_and_refills_around_excluded_songs(make_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
-    settings, history, version = seeded(make_settings, stream__api_key="k3y")
+    settings, history, _ = seeded(make_settings, stream__api_key="k3y")
     cfg = settings.stream
     client = RecsClient(cfg.redis_url, cfg.redis_namespace)
     start_worker(settings)
