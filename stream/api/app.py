@@ -159,6 +159,9 @@ def _add_routes(app: FastAPI, settings: Settings) -> None:
         **BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE,
         404: {"model": ErrorOut, "description": "song not in the published version, hidden, or no version published"}})
     add("/users/{user_id:path}/events", routes.get_user_events, "read", {**BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE})
+    # DELETE /users/{id}/events is not a forget of user "{id}/events" (the :path converter would say so)
+    app.add_api_route("/users/{user_id:path}/events", routes.not_allowed(["GET"]), methods=["DELETE"],
+                      include_in_schema=False)
     add("/users/{user_id:path}", routes.forget_user, "removals", {**BAD_ID, **UNAVAILABLE}, method="DELETE",
         response_model=ForgottenOut)
     add("/songs/{song_id:path}/hide", routes.hide_song, "removals", BAD_ID, method="POST", response_model=HiddenOut)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import closing
 from typing import Annotated, Any
 
@@ -86,6 +87,13 @@ def _visibility(request: Request, song_id: str, hidden: bool) -> HiddenOut:
     check_id(song_id, "song_id")
     at = set_hidden(state.cfg, [song_id], hidden)
     return HiddenOut(song_id=song_id, hidden=hidden, at=at)
+
+
+def not_allowed(methods: list[str]) -> Callable[[], None]:
+    """A handler answering 405 with ``Allow: methods``."""
+    def refuse() -> None:
+        raise HTTPException(405, "Method Not Allowed", headers={"Allow": ", ".join(methods)})
+    return refuse
 
 
 def forget_user(request: Request, user_id: UserId) -> ForgottenOut:
