@@ -28,7 +28,7 @@ def explain(state: OnlineState, served: Served[ServingModel] | None, users: np.n
     index = served.model.index
     rows = state.history.gather(users)
     item_rows = index.rows(rows.keys)
-    ok = (item_rows >= 0) & (rows.pos > rows.neg)
+    ok = (item_rows >= 0) & (rows.pos > rows.neg) & ~state.hidden.mask(rows.keys)  # a hidden song is never named
     slots, item_rows, last = rows.slots[ok], item_rows[ok], rows.last_ts[ok]
     order = np.lexsort((-last, slots))
     slots, item_rows = slots[order], item_rows[order]

@@ -122,6 +122,8 @@ def test_a_hidden_song_is_in_no_list_and_lists_stay_full() -> None:
     after = model.serve(users, k=10)
     shown = set(after.recs.song_ids.ravel()) | set(after.popular.song_ids.ravel())
     assert not shown & set(top)
+    named = {f"because you played {s}" for s in top}
+    assert set(before.recs.reasons.ravel()) & named and not set(after.recs.reasons.ravel()) & named
     assert (after.recs.song_ids != "").all() and (after.popular.song_ids != "").all()
     # refilled, not shortened: most of what stays was already there, the rest comes from the pool
     kept = [len(set(b) - set(top) & set(a)) for b, a in zip(before.recs.song_ids, after.recs.song_ids, strict=True)]
