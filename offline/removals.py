@@ -120,6 +120,7 @@ class Tombstones:
     def __init__(self, log_dir: str | Path) -> None:
         self.file = JsonLines(Path(log_dir) / TOMBSTONES_FILE)
         self._at: dict[str, float] = {}
+        self._unseen: list[Tombstone] = []
 
     def __len__(self) -> int:
         self.refresh()
@@ -129,11 +130,18 @@ class Tombstones:
         self.file.append([{"user_id": u, "at": float(at)} for u in user_ids])
         self.refresh()
 
-    def refresh(self) -> list[Tombstone]:
-        """Read new records; returns them (a user forgotten again appears again)."""
+    def refresh(self) -> None:
+        """Read what other processes recorded since the last read."""
         new = [Tombstone(str(r["user_id"]), float(r["at"])) for r in self.file.read_new()]
         for t in new:
             self._at[t.user_id] = max(self._at.get(t.user_id, -np.inf), t.at)
+        self._unseen += new
+
+    def take_new(self) -> list[Tombstone]:
+        """Tombstones read since the previous call (a user forgotten again appears again), whichever
+        call read them: the one who acts on a forget is not the one who happened to read it first."""
+        self.refresh()
+        new, self._unseen = self._unseen, []
         return new
 
     def at(self) -> dict[str, float]:

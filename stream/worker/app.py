@@ -142,12 +142,13 @@ class WorkerApp:
         the catalog agent): applied here, between batches; this worker's own segments are then
         purged of the forgotten users aside (what it appended before it knew)."""
         parts = self.parts
+        forgotten = []
         try:
             parts.removals.poll_hidden(parts.served())
             forgotten = parts.removals.poll_forgotten()
-        except ServiceUnavailable as exc:
-            log.warning("cannot apply removals: %s", exc)
-            return
+            parts.removals.flush()
+        except ServiceUnavailable as exc:  # applied in this worker; Redis gets its part at a later poll
+            log.warning("removals wait for Redis: %s", exc)
         if forgotten:
             async with self._log_lock:
                 purged = await asyncio.get_running_loop().run_in_executor(None, purge_forgotten, parts.log,

@@ -38,6 +38,8 @@ class Removals:
         self.backfill = backfill
         self.active = active
         self.counters = counters
+        self._to_delete: list[str] = []  # applied here, not yet in Redis
+        self._to_sweep: list[str] = []
 
     # -- hidden songs -------------------------------------------------------------------------------
     def apply_to(self, model: ServingModel) -> None:
@@ -52,13 +54,15 @@ class Removals:
             if song.hidden is not None:
                 (hide if song.hidden else show).extend(self.hidden.merge([song.song_id], song.hidden, song.ts))
         self._change(hide, show, served)
+        self.flush()
 
     def load(self) -> None:
         """At start, before the log is read: the requests made so far (no list exists to sweep yet)."""
         hide, _ = self.hidden.refresh()
         self.model.state.hidden.add(song_keys(np.asarray(hide, dtype=object)))
         self.counters.songs_hidden = len(self.model.state.hidden)
-        self.model.state.forgotten.update(self.log.tombstones.at())  # and they are not forgotten twice
+        self.log.tombstones.take_new()  # the state is rebuilt from a log without them: nothing to erase
+        self.model.state.forgotten.update(self.log.tombstones.at())
 
     def poll_hidden(self, served: list[ServingModel]) -> None:
         hide, show = self.hidden.refresh()
@@ -78,18 +82,28 @@ class Removals:
         for m in served:
             m.index.hide(keys)
         self.counters.songs_hidden = len(state.hidden)
-        # the lists already stored that hold them, rewritten first; and the popular list now
-        users = state.history.users()
-        holding = self.writer.holding(users[self.backfill.ownership.owned(users)].tolist(), hide)
-        self.backfill.enqueue(holding, front=True)
-        self.backfill.lists.write(np.empty(0, dtype=object), None)
-        log.warning("hid %d songs; %d stored lists held them", len(hide), len(holding))
+        self._to_sweep.extend(hide)
+
+    def flush(self) -> None:
+        """The Redis side of what was applied, kept until Redis takes it (raises ServiceUnavailable
+        meanwhile): forgotten users' lists deleted; the stored lists holding a newly hidden song
+        rewritten first, and the popular list now."""
+        if self._to_delete:
+            self.writer.delete(self._to_delete)
+            self._to_delete = []
+        if self._to_sweep:
+            users = self.model.state.history.users()
+            holding = self.writer.holding(users[self.backfill.ownership.owned(users)].tolist(), self._to_sweep)
+            self.backfill.enqueue(holding, front=True)
+            self.backfill.lists.write(np.empty(0, dtype=object), None)
+            log.warning("hid %d songs; %d stored lists held them", len(self._to_sweep), len(holding))
+            self._to_sweep = []
 
     # -- forgotten users ------------------------------------------------------------------------------
     def poll_forgotten(self) -> list[Tombstone]:
-        """Forget the users of new tombstones now (state, Redis); returns them, so the caller can
-        purge this worker's own segments aside."""
-        new = self.log.tombstones.refresh()
+        """Forget the users of new tombstones in this worker now (their lists go at the next
+        :meth:`flush`); returns them, so the caller can purge this worker's own segments aside."""
+        new = self.log.tombstones.take_new()
         if not new:
             return []
         users = np.asarray([t.user_id for t in new], dtype=object)
@@ -97,6 +111,6 @@ class Removals:
             self.model.state.forget(np.asarray([t.user_id], dtype=object), t.at)
         self.active.discard(users.tolist())
         self.backfill.discard(users.tolist())
-        self.writer.delete(users.tolist())
         self.counters.users_forgotten += len(new)
+        self._to_delete.extend(users.tolist())
         return new

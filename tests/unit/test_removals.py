@@ -18,8 +18,14 @@ from offline.removals import HiddenSongs, JsonLines, Tombstones
 from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
 from online_models.online import OnlineALS
+from stream.errors import ServiceUnavailable
 from stream.events import InvalidEvent, Song, encode_song, parse_song
+from stream.worker.backfill import Backfill, Ownership
+from stream.worker.lists import ActiveUsers
+from stream.worker.removals import Removals
+from stream.worker.stats import Counters
 from tests.synthetic import synthetic_log
+from tests.unit.test_backfill import _Lists
 
 
 def _on_disk(log: EventLog, user: str) -> int:
@@ -172,3 +178,55 @@ def test_a_visibility_message_is_only_that_and_round_trips() -> None:
         parse_song(b'{"song_id": "s9", "hidden": "yes"}')
     wire = json.loads(encode_song(Song("s9", "", "", None, {}, 7.0, True, True)))
     assert wire == {"song_id": "s9", "hidden": True, "ts": 7.0}
+
+
+class _Writer:
+    """Stored lists as a dict; the first ``fail`` calls raise as an unreachable Redis does."""
+
+    def __init__(self, stored: dict[str, list[str]], fail: int) -> None:
+        self.stored, self.fail, self.deleted = stored, fail, []  # type: ignore[var-annotated]
+
+    def _call(self) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise ServiceUnavailable("redis down")
+
+    def holding(self, users: list[str], songs: list[str]) -> list[str]:
+        self._call()
+        return [u for u in users if set(self.stored.get(u, [])) & set(songs)]
+
+    def delete(self, users: list[str]) -> int:
+        self._call()
+        self.deleted += users
+        return len(users)
+
+
+def test_a_worker_applies_removals_at_once_and_redis_gets_its_part_once_it_is_back(tmp_path: Path) -> None:
+    model = _trained()
+    lists = _Lists()
+    backfill = Backfill(lists, Ownership().everyone(), batch=8)  # type: ignore[arg-type]
+    writer = _Writer({"u1": ["s2", "s4"], "u2": ["s6"], "u3": ["s4"]}, fail=2)
+    log = EventLog(tmp_path / "log")
+    removals = Removals(model, log, HiddenSongs(tmp_path / "catalog"), writer, backfill,  # type: ignore[arg-type]
+                        ActiveUsers(), Counters())
+    removals.load()
+    HiddenSongs(tmp_path / "catalog").record(["s4"], True, at=1.0)
+    EventLog(tmp_path / "log").tombstones.record(["u3"], at=1e10)  # another process (the CLI) made both requests
+    assert log.tombstones.void(np.array(["u3"], dtype=object), np.array([0.0]))[0], "a batch's check reads it first"
+
+    removals.poll_hidden([])
+    forgotten = removals.poll_forgotten()
+    # in the worker at once, Redis or not
+    assert model.state.hidden.mask(song_keys(np.array(["s4", "s2"], dtype=object))).tolist() == [True, False]
+    assert [t.user_id for t in forgotten] == ["u3"] and model.state.history.sizes(np.array(["u3"]))[0] == 0
+    with pytest.raises(ServiceUnavailable):
+        removals.flush()
+    with pytest.raises(ServiceUnavailable):
+        removals.flush()
+    assert writer.deleted == [] and len(backfill) == 0
+    removals.flush()  # Redis is back
+    assert writer.deleted == ["u3"] and list(backfill._queue) == ["u1"]  # u3 is forgotten, not rewritten
+    assert lists.calls == [[]], "the popular list was written at once"
+    removals.flush()
+    assert writer.deleted == ["u3"] and lists.calls == [[]], "each done once"
+    assert removals.poll_forgotten() == [], "a tombstone is applied once"
