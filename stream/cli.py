@@ -222,10 +222,12 @@ def status(check: Annotated[bool, typer.Option(help="health check: exit 1 unless
         raise typer.Exit(0 if mine else 1)
     console.print(f"published model: {version_registry(client, keys, cfg.artifacts_dir).published() or 'none'}")
     table = Table(title="workers")
-    for col in ("worker", "version", "events", "refused (DLQ)", "users", "last batch ms", "catalog lag ms", "age s"):
+    for col in ("worker", "version", "events", "refused (DLQ)", "void", "users", "lists backfilled (pending)",
+                "last batch ms", "catalog lag ms", "age s"):
         table.add_column(col)
     for s in workers:
-        table.add_row(s["worker"], str(s["version"]), str(s["events"]), str(s["refused"]), str(s["users"]),
+        table.add_row(s["worker"], str(s["version"]), str(s["events"]), str(s["refused"]), str(s.get("events_void", 0)),
+                      str(s["users"]), f"{s.get('lists_backfilled', 0)} ({s.get('backfill_pending', 0)})",
                       f"{s['last_batch_ms']:.1f}", f"{s.get('catalog_lag_ms', 0.0):.0f}",
                       f"{time.time() - s['updated_at']:.0f}")
     console.print(table)

@@ -9,6 +9,8 @@ is deleted from Redis and every log segment holding their events is rewritten wi
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,9 +19,18 @@ import redis
 from offline.compaction import purge_forgotten
 from offline.eventlog import EventLog
 from offline.removals import HiddenSongs
+from stream.errors import ServiceUnavailable
 from stream.events import check_id
 from stream.redis_store import RecsWriter, RedisKeys
 from stream.settings import StreamConfig
+
+
+@contextmanager
+def _data_dir(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:  # e.g. a read-only mount: the request is not recorded, say so
+        raise ServiceUnavailable(f"the data directory cannot be written while {what} ({exc})") from exc
 
 
 def set_hidden(cfg: StreamConfig, song_ids: list[str], hidden: bool) -> float:
@@ -30,7 +41,8 @@ def set_hidden(cfg: StreamConfig, song_ids: list[str], hidden: bool) -> float:
     for song in song_ids:
         check_id(song, "song_id")
     at = time.time()
-    HiddenSongs(cfg.catalog_dir).record(list(song_ids), hidden, at)
+    with _data_dir("recording hidden songs"):
+        HiddenSongs(cfg.catalog_dir).record(list(song_ids), hidden, at)
     return at
 
 
@@ -55,7 +67,9 @@ def forget_users(cfg: StreamConfig, client: redis.Redis, user_ids: list[str]) ->
         check_id(user, "user_id")
     at = time.time()
     log = EventLog(cfg.log_dir)
-    log.tombstones.record(list(user_ids), at)
+    with _data_dir("recording the tombstones"):
+        log.tombstones.record(list(user_ids), at)
     deleted = RecsWriter(client, RedisKeys(cfg.redis_namespace)).delete(list(user_ids))
-    purged = purge_forgotten(log)
+    with _data_dir("purging the event log"):
+        purged = purge_forgotten(log)
     return Forgotten(list(user_ids), at, deleted, purged.events, purged.segments)

@@ -164,8 +164,9 @@ def _add_routes(app: FastAPI, settings: Settings) -> None:
                       include_in_schema=False)
     add("/users/{user_id:path}", routes.forget_user, "removals", {**BAD_ID, **UNAVAILABLE}, method="DELETE",
         response_model=ForgottenOut)
-    add("/songs/{song_id:path}/hide", routes.hide_song, "removals", BAD_ID, method="POST", response_model=HiddenOut)
-    add("/songs/{song_id:path}/unhide", routes.unhide_song, "removals", BAD_ID, method="POST",
+    add("/songs/{song_id:path}/hide", routes.hide_song, "removals", {**BAD_ID, **UNAVAILABLE}, method="POST",
+        response_model=HiddenOut)
+    add("/songs/{song_id:path}/unhide", routes.unhide_song, "removals", {**BAD_ID, **UNAVAILABLE}, method="POST",
         response_model=HiddenOut)
     add("/events", ingest.post_events, "ingest", {**BAD_BODY, **TOO_LARGE, **UNAVAILABLE}, method="POST",
         status_code=202, response_model=EventsAccepted,

@@ -198,7 +198,8 @@ def _err(description: str) -> dict[str, Any]:
 Responses = dict[int | str, dict[str, Any]]
 BAD_ID: Responses = {400: _err("malformed id (the event contract's id rules)")}
 OUT_OF_RANGE: Responses = {422: _err("parameter out of range or of the wrong type")}
-UNAVAILABLE: Responses = {503: _err("Redis (or Kafka, for POST /events) unreachable")}
+UNAVAILABLE: Responses = {503: _err("Redis (or Kafka, for POST /events) unreachable, or the data directory not "
+                                   "writable (removals)")}
 UNAUTHORIZED: Responses = {401: _err("missing or wrong API key (only when MUSICREC_API_KEY is set)")}
 TOO_LARGE: Responses = {413: _err("request body larger than the limit (2 KiB per allowed item, at least 1 MiB)")}
 BAD_BODY: Responses = {400: _err("request refused whole: malformed JSON, more items than MUSICREC_API_MAX_BATCH, or "
