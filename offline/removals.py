@@ -76,7 +76,11 @@ class HiddenSongs:
         self._latest: dict[str, tuple[bool, float]] = {}
 
     def record(self, song_ids: list[str], hidden: bool, at: float) -> None:
-        self.file.append([{"song_id": s, "hidden": bool(hidden), "at": float(at)} for s in song_ids])
+        self.record_requests([(s, hidden, at) for s in song_ids])
+
+    def record_requests(self, requests: list[tuple[str, bool, float]]) -> None:
+        """(song, hidden, at) requests, appended at once."""
+        self.file.append([{"song_id": s, "hidden": bool(h), "at": float(at)} for s, h, at in requests])
 
     def merge(self, song_ids: list[str], hidden: bool, at: float) -> list[str]:
         """Take requests in (from the file or the songs topic); returns the songs whose state changed."""

@@ -95,8 +95,7 @@ class WorkerApp:
 
     def _record_visibility(self, songs: list[Song]) -> None:
         """Hide requests from the topic, kept in the data directory (the topic's retention ends)."""
-        for song in songs:
-            self.parts.removals.hidden.record([song.song_id], bool(song.hidden), song.ts)
+        self.parts.removals.hidden.record_requests([(s.song_id, bool(s.hidden), s.ts) for s in songs])
 
     async def index_catalog(self) -> None:
         """Every catalog event, read by every worker (a broadcast): each indexes every new song."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -57,6 +58,9 @@ class CatalogIntake:
             except InvalidEvent as exc:
                 dead.append(DeadLetter(m.key, m.value, exc.reason, m.source))
                 continue
+            if song.hidden is not None:
+                # a request's time is when it was produced: the same on every re-read of the topic
+                song = replace(song, ts=m.timestamp)
             accepted.append(song)
         visibility = [s for s in accepted if s.hidden is not None]
         if visibility and on_visibility is not None:

@@ -14,9 +14,11 @@ from fastapi.testclient import TestClient
 
 from index_manager.artifacts import load_artifact
 from offline.eventlog import EventLog
+from offline.removals import HiddenSongs
 from offline.retrain import retrain_als
 from online_models.batch import EventBatch
 from stream.api.app import create_app
+from stream.events import Song
 from stream.kafka_io import EventProducer
 from stream.redis_store import RecsClient, RedisKeys, connect
 from tests.services.processes import run_cli
@@ -119,6 +121,13 @@ def test_the_api_hides_forgets_and_refills_around_excluded_songs(make_settings, 
         assert api.post(f"/songs/{first[0]}/hide", headers=auth).json()["hidden"] is True
         wait_for(lambda: first[0] not in client.get("u0", 20).song_ids or None, 10,  # type: ignore[union-attr]
                  "the hidden song gone from u0's list")
+        # the same through the songs topic: applied by the worker, recorded in the data directory
+        with EventProducer(cfg) as producer:
+            producer.send_songs([Song(first[1], "", "", None, {}, time.time(), hidden=True, visibility_only=True)])
+        wait_for(lambda: first[1] not in client.get("u0", 20).song_ids or None, 10,  # type: ignore[union-attr]
+                 "the song hidden through the topic gone from u0's list")
+        wait_for(lambda: HiddenSongs(cfg.catalog_dir).refresh()[0] == [first[0], first[1]] or None, 10,
+                 "the topic's request recorded")
         done = api.delete("/users/u1", headers=auth).json()
         assert done["lists_deleted"] == 1 and done["events_purged"] == int((history.user_ids == "u1").sum())
         assert api.get("/users/u1/events", headers=auth).json()["events"] == []
