@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -125,7 +126,7 @@ def recommend(state: OnlineState, served: Served[ServingModel] | None, users: np
                    np.full(keys.shape, None, dtype=object), version)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ServedPool:
     """The pool behind the latest lists served, and the histories and version it was computed from:
     when one of these users plays next, that pool is exactly what the play chose from."""
@@ -135,12 +136,18 @@ class ServedPool:
     served: Served[ServingModel] | None
     pool: Pool
 
+    @cached_property
+    def _order(self) -> tuple[np.ndarray, np.ndarray]:
+        # sorted once per pool, not once per lookup: sorting string ids is the costly part
+        order = np.argsort(self.users)
+        return order, self.users[order]
+
     def rows_of(self, users: np.ndarray, stamps: np.ndarray, served: Served[ServingModel] | None) -> np.ndarray:
         """Each user's row in this pool, -1 where absent or where their history has moved since."""
         if self.served is not served or not len(self.users):
             return np.full(len(users), -1, np.int64)
-        order = np.argsort(self.users)
-        pos = np.minimum(np.searchsorted(self.users[order], users), len(order) - 1)
+        order, ordered = self._order
+        pos = np.minimum(np.searchsorted(ordered, users), len(order) - 1)
         row = order[pos]
         return np.where((self.users[row] == users) & (self.stamps[row] == stamps), row, -1)
 
