@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,7 @@ CATALOG_BATCH = 500
 COMPACT_EVERY_S = 30.0
 STATS_EVERY_S = 2.0
 REMOVALS_EVERY_S = 1.0  # hidden songs and forgotten users take effect within this
-BACKFILL_PAUSE_S = 0.002  # between two backfill batches: a waiting batch of events goes first
+BACKFILL_PAUSE_S = 0.005  # at least, between two backfill batches
 BACKFILL_IDLE_S = 0.2
 
 
@@ -162,8 +163,11 @@ class WorkerApp:
         parts.backfill_all()
         while True:
             if len(parts.backfill) and self._follow_assignment():
+                started = time.perf_counter()
                 await with_redis_retry("writing lists", parts.backfill.step)
-                await asyncio.sleep(BACKFILL_PAUSE_S)
+                # as long again for the events: the agent's path from a fetch to a batch takes several
+                # turns of the loop, which a bare yield between two backfill batches would not give it
+                await asyncio.sleep(max(time.perf_counter() - started, BACKFILL_PAUSE_S))
             else:
                 await asyncio.sleep(BACKFILL_IDLE_S)
 
