@@ -238,8 +238,9 @@ class CoOccurrence:
         votes = votes.tocsr()
         votes.sort_indices()
         cols = votes.indices.astype(np.int64)
-        return CoocQuery(votes.indptr.astype(np.int64), cols, votes.data, votes.data * plays[cols] ** -exponent,
-                         self.songs, n)
+        # the power per song when songs are fewer than the entries reaching them, else per entry
+        scale = (plays ** -exponent)[cols] if n < len(cols) else plays[cols] ** -exponent
+        return CoocQuery(votes.indptr.astype(np.int64), cols, votes.data, votes.data * scale, self.songs, n)
 
 
 def _rank_in_row(rows: np.ndarray, values: np.ndarray, cols: np.ndarray) -> np.ndarray:
