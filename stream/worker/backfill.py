@@ -5,7 +5,8 @@ At start and after every swap to a new version, every user the online state or t
 knows is queued (the recently active first); a hidden song puts the users whose stored list holds it
 at the front. The worker's app writes one batch of ``MUSICREC_BACKFILL_BATCH`` users at a time and
 yields to the events agent in between, so the backfill never holds a batch of events up for more
-than one backfill batch.
+than one backfill batch. A user whose events were written meanwhile leaves the queue: their list is
+as fresh as it gets and carries their last event, which a backfilled list (``last_event`` null) does not.
 
 Each user is written by the worker whose events-topic partition holds them (Kafka's default
 partitioner: murmur2 of the UTF-8 key): that worker learns the user's events, so its state is the

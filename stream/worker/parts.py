@@ -62,8 +62,9 @@ class WorkerParts:
         lists = ListWriter(model, ab, RecsWriter(client, keys), cfg.k)
         applied = AppliedEvents(applied_ids)
         log = EventLog(cfg.log_dir)
-        processor = BatchProcessor(model, log, worker_id, lists, ab, applied, active, counters, freshness)
         backfill = Backfill(lists, Ownership(), cfg.backfill_batch)
+        processor = BatchProcessor(model, log, worker_id, lists, ab, applied, active, counters, freshness,
+                                   backfill=backfill)
         removals = Removals(model, log, HiddenSongs(cfg.catalog_dir), lists.writer, backfill, active, counters)
         removals.load()
         return cls(settings, worker_id, client, keys, version_registry(client, keys, cfg.artifacts_dir), model,

@@ -15,6 +15,7 @@ from offline.eventlog import EventLog
 from online_models.online import OnlineALS
 from stream.events import parse_events
 from stream.worker.ab_arm import ABArm
+from stream.worker.backfill import Backfill
 from stream.worker.dedup import AppliedEvents
 from stream.worker.lists import ActiveUsers, ListWriter, last_per_user
 from stream.worker.messages import DeadLetter, Message
@@ -23,7 +24,8 @@ from stream.worker.stats import Counters, LatencyWindow
 
 class BatchProcessor:
     def __init__(self, model: OnlineALS, log: EventLog, worker_id: str, lists: ListWriter, ab: ABArm,
-                 applied: AppliedEvents, active: ActiveUsers, counters: Counters, freshness: LatencyWindow) -> None:
+                 applied: AppliedEvents, active: ActiveUsers, counters: Counters, freshness: LatencyWindow,
+                 backfill: Backfill | None = None) -> None:
         self.model = model
         self.log = log
         self.worker_id = worker_id
@@ -33,6 +35,7 @@ class BatchProcessor:
         self.active = active
         self.counters = counters
         self.freshness = freshness
+        self.backfill = backfill
 
     def process(self, messages: list[Message]) -> list[DeadLetter]:
         """Handle one micro-batch; returns the dead letters the caller must produce before acking."""
@@ -62,6 +65,8 @@ class BatchProcessor:
             self.applied.written()
             self.freshness.add(written - produced)
             self.active.touch(touched)
+            if self.backfill is not None:  # their lists are as fresh as can be, and carry their last event
+                self.backfill.discard(touched.tolist())
             self.counters.users_written += len(touched)
         self._count(len(batch), duplicates, t0)
         return dead
