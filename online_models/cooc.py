@@ -251,25 +251,50 @@ def _rank_in_row(rows: np.ndarray, values: np.ndarray, cols: np.ndarray) -> np.n
     return rank
 
 
+_PADDED_ROWS_UP_TO = 512  # entries; measured crossover of a padded partition against one row at a time
+
+
 def _top_per_row(indptr: np.ndarray, values: np.ndarray, n: int | np.ndarray) -> np.ndarray:
     """Boolean per entry: among its row's entries, one of the ``n`` (per row, or for all) largest
     finite values (ties: lower column first, as entries are in column order), so a row's answer
     never depends on the other rows of the call."""
-    chosen = np.zeros(len(values), bool)
-    wanted = np.broadcast_to(np.asarray(n, np.int64), (len(indptr) - 1,))
-    # one partition per user (rows are a few thousand entries; padding them into one dense array
-    # cost more than the loop)
-    for row, (a, b) in enumerate(zip(indptr[:-1].tolist(), indptr[1:].tolist(), strict=True)):
-        take = int(wanted[row])
-        if b == a or take <= 0:
-            continue
+    lengths = np.diff(indptr)
+    wanted = np.broadcast_to(np.asarray(n, np.int64), lengths.shape)
+    finite = np.isfinite(values)
+    counted = np.r_[0, np.cumsum(finite)]
+    row_of = np.repeat(np.arange(len(lengths)), lengths)
+    # rows with no more finite values than wanted keep them all; only the others need an order
+    short = (counted[indptr[1:]] - counted[indptr[:-1]]) <= wanted
+    chosen = finite & short[row_of] & (wanted[row_of] > 0)
+    long_rows = np.flatnonzero(~short & (wanted > 0))
+    if not len(long_rows):
+        return chosen
+    # short rows of similar length go through one padded array each (at most 2x padding); a long row
+    # costs less on its own than padded, and a loop over few rows costs little
+    dense_rows = long_rows[lengths[long_rows] <= _PADDED_ROWS_UP_TO]
+    for row in long_rows[lengths[long_rows] > _PADDED_ROWS_UP_TO].tolist():
+        a, b, take = int(indptr[row]), int(indptr[row + 1]), int(wanted[row])
         vals = values[a:b]
-        finite = np.isfinite(vals)
-        if int(finite.sum()) <= take:
-            chosen[a:b] = finite
-            continue
         threshold = np.partition(vals, len(vals) - take)[len(vals) - take]
         above = vals > threshold
         tied = vals == threshold
         chosen[a:b] = above | (tied & (np.cumsum(tied) <= take - int(above.sum())))
+    if not len(dense_rows):
+        return chosen
+    bucket = np.ceil(np.log2(lengths[dense_rows])).astype(np.int64)
+    for b in np.unique(bucket):
+        rows = dense_rows[bucket == b]
+        width = int(lengths[rows].max())
+        entry = indptr[rows][:, None] + np.arange(width)
+        inside = np.arange(width) < lengths[rows][:, None]
+        dense = np.where(inside, values[np.where(inside, entry, 0)], -np.inf)
+        dense = np.where(np.isfinite(dense), dense, -np.inf)
+        take = wanted[rows]
+        most = int(take.max())  # partition to the widest ask, sort only that head
+        head = -np.sort(np.partition(-dense, most - 1, axis=1)[:, :most], axis=1)
+        threshold = head[np.arange(len(rows)), take - 1]
+        above = dense > threshold[:, None]
+        tied = dense == threshold[:, None]
+        keep = above | (tied & (np.cumsum(tied, axis=1) <= (take - above.sum(axis=1))[:, None]))
+        chosen[entry[keep & inside]] = True
     return chosen
