@@ -18,11 +18,13 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from offline import log_sql
 from offline.event_table import arrow_to_batch, batch_to_arrow
 from offline.eventfile import BadInputFile, read_event_file
+from offline.removals import Tombstones
 from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
 from online_models.interactions import Interactions
@@ -42,6 +44,7 @@ class EventLog:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.tombstones = Tombstones(self.root)  # forgotten users' events are never written nor read
 
     def segments(self) -> list[Path]:
         if not self.root.is_dir():
@@ -51,6 +54,9 @@ class EventLog:
     def append(self, batch: EventBatch, writer: str = "") -> Path | None:
         """Write one segment atomically. ``writer`` (a worker's id) marks the segments that writer
         alone may later merge with :meth:`compact_own`."""
+        void = self.tombstones.void(batch.user_ids, batch.ts)
+        if void.any():
+            batch = batch.take(np.flatnonzero(~void))
         if len(batch) == 0:
             return None
         self.root.mkdir(parents=True, exist_ok=True)
@@ -65,9 +71,16 @@ class EventLog:
         """An in-memory DuckDB connection with views ``raw_events`` and ``events`` (deduplicated)."""
         con = duckdb.connect()
         segs = self.segments()
+        forgotten = self.tombstones.at()
         if segs:
             files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in segs)
-            con.execute(f"CREATE VIEW raw_events AS SELECT * FROM read_parquet([{files}], union_by_name=true)")
+            source = f"read_parquet([{files}], union_by_name=true)"
+            if forgotten:
+                # a segment being rewritten by a purge still holds them: they are void all the same
+                con.register("tombstones", pa.table({"user_id": list(forgotten), "at": list(forgotten.values())}))
+                source = (f"(SELECT r.* FROM {source} r ANTI JOIN tombstones t "
+                          "ON r.user_id = t.user_id AND r.ts <= t.at)")
+            con.execute(f"CREATE VIEW raw_events AS SELECT * FROM {source}")
         else:
             con.execute("CREATE TABLE raw_events (user_id VARCHAR, song_id VARCHAR, event VARCHAR, ts DOUBLE, "
                         "ms_played BIGINT, event_id VARCHAR, ingested_at DOUBLE)")

@@ -128,6 +128,16 @@ class HistoryStore:
             self._rows[user] = (*row, float(ref[i]))
         return touched
 
+    def drop_users(self, users: np.ndarray) -> int:
+        """Erase users' histories entirely (a forgotten user); returns how many had one. A later
+        event starts a new history."""
+        dropped = 0
+        for user in users:
+            dropped += self._rows.pop(user, None) is not None
+            self._forgotten.pop(user, None)
+            self._stamps.pop(user, None)
+        return dropped
+
     def gather(self, users: np.ndarray, decay_to: np.ndarray | None = None) -> UserRows:
         """Concatenated rows of ``users``; weights decayed to ``decay_to`` (default: each user's
         own latest event, i.e. as stored)."""

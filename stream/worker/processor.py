@@ -15,6 +15,7 @@ from offline.eventlog import EventLog
 from online_models.online import OnlineALS
 from stream.events import parse_events
 from stream.worker.ab_arm import ABArm
+from stream.worker.backfill import Backfill
 from stream.worker.dedup import AppliedEvents
 from stream.worker.lists import ActiveUsers, ListWriter, last_per_user
 from stream.worker.messages import DeadLetter, Message
@@ -23,7 +24,8 @@ from stream.worker.stats import Counters, LatencyWindow
 
 class BatchProcessor:
     def __init__(self, model: OnlineALS, log: EventLog, worker_id: str, lists: ListWriter, ab: ABArm,
-                 applied: AppliedEvents, active: ActiveUsers, counters: Counters, freshness: LatencyWindow) -> None:
+                 applied: AppliedEvents, active: ActiveUsers, counters: Counters, freshness: LatencyWindow,
+                 backfill: Backfill | None = None) -> None:
         self.model = model
         self.log = log
         self.worker_id = worker_id
@@ -33,6 +35,7 @@ class BatchProcessor:
         self.active = active
         self.counters = counters
         self.freshness = freshness
+        self.backfill = backfill
 
     def process(self, messages: list[Message]) -> list[DeadLetter]:
         """Handle one micro-batch; returns the dead letters the caller must produce before acking."""
@@ -40,7 +43,12 @@ class BatchProcessor:
         sources = [m.source for m in messages]
         parsed = parse_events([m.value for m in messages], [m.key for m in messages], sources)
         dead = [DeadLetter(messages[i].key, messages[i].value, reason, sources[i]) for i, reason in parsed.refused]
-        batch = parsed.events
+        batch, positions = parsed.events, np.asarray(parsed.positions, np.int64)
+        void = self.log.tombstones.void(batch.user_ids, batch.ts)
+        if void.any():  # a forgotten user's erased past, sent again (a replay of an old file)
+            keep = np.flatnonzero(~void)
+            batch, positions = batch.take(keep), positions[keep]
+            self.counters.events_void += int(void.sum())
         duplicates = 0
         if len(batch):
             # An event already folded in (redelivered by Kafka after a crash or a rebalance, or this
@@ -48,7 +56,7 @@ class BatchProcessor:
             # time; its user's list is still recomputed and written.
             new_events, duplicates = self.applied.split(batch)
             self.log.append(new_events, writer=self.worker_id)
-            produced = np.array([messages[i].timestamp for i in parsed.positions], dtype=np.float64)
+            produced = np.array([messages[i].timestamp for i in positions.tolist()], dtype=np.float64)
             self.model.partial_fit(new_events)
             self.applied.folded_in(new_events)
             touched = np.unique(batch.user_ids)
@@ -57,6 +65,8 @@ class BatchProcessor:
             self.applied.written()
             self.freshness.add(written - produced)
             self.active.touch(touched)
+            if self.backfill is not None:  # their lists are as fresh as can be, and carry their last event
+                self.backfill.discard(touched.tolist())
             self.counters.users_written += len(touched)
         self._count(len(batch), duplicates, t0)
         return dead

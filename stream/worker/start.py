@@ -50,7 +50,8 @@ def start_worker(settings: Settings, loglevel: str = "warn") -> None:
     ensure_topics(cfg)
     parts = WorkerParts.build(settings, connect(cfg.redis_url))
     n = restore(parts)
-    written = parts.active.refresh(parts.lists)
+    # every known user's list is written by the app, in batches, once Kafka assigns partitions
     print(f"worker {parts.worker_id}: restored {n} events from {cfg.log_dir}, model "
-          f"{parts.model.holder.version or 'none (popularity)'}, refreshed {written} users", file=sys.stderr)
+          f"{parts.model.holder.version or 'none (popularity)'}, {len(parts.known_users())} known users",
+          file=sys.stderr)
     WorkerApp(parts).run(loglevel)
