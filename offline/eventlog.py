@@ -78,8 +78,7 @@ class EventLog:
             if forgotten:
                 # a segment being rewritten by a purge still holds them: they are void all the same
                 con.register("tombstones", pa.table({"user_id": list(forgotten), "at": list(forgotten.values())}))
-                source = (f"(SELECT r.* FROM {source} r ANTI JOIN tombstones t "
-                          "ON r.user_id = t.user_id AND r.ts <= t.at)")
+                source = f"({log_sql.without_forgotten(source, 'tombstones')})"
             con.execute(f"CREATE VIEW raw_events AS SELECT * FROM {source}")
         else:
             con.execute("CREATE TABLE raw_events (user_id VARCHAR, song_id VARCHAR, event VARCHAR, ts DOUBLE, "

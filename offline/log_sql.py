@@ -29,6 +29,13 @@ def dedup(raw: str) -> str:
         FROM {raw}) d WHERE rn = 1"""
 
 
+def without_forgotten(source: str, tombstones: str) -> str:
+    """The rows of ``source`` minus those of forgotten users (relation ``tombstones``: user_id, at) at
+    or before the time each was forgotten (``offline.removals``)."""
+    return (f"SELECT r.* FROM {source} r WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {tombstones} t WHERE t.user_id = r.user_id AND r.ts <= t.at)")
+
+
 def window(since: float | None, until: float | None) -> str:
     conds = []
     if since is not None:

@@ -36,6 +36,7 @@ from index_manager.artifacts import ModelArtifact
 from offline import log_sql
 from offline.errors import EngineUnavailable
 from offline.eventlog import LogRange
+from offline.removals import Tombstones
 from online_models.als import als_artifact
 from online_models.config import OnlineConfig
 from online_models.interactions import Interactions
@@ -95,9 +96,16 @@ def _strings(table: pa.Table, column: str) -> np.ndarray:
 
 
 def log_frame(spark: Any, root: str | Path) -> Any:
-    """The deduplicated events of the log directory as the temporary view ``events``."""
+    """The deduplicated events of the log directory as the temporary view ``events``, without the
+    erased history of forgotten users (the log's tombstones, as DuckDB reads it)."""
     raw = (spark.read.option("pathGlobFilter", "*.parquet").option("mergeSchema", "true")
            .parquet(str(root)))
+    forgotten = Tombstones(root).at()
+    if forgotten:
+        raw.createOrReplaceTempView("raw_segments")
+        spark.createDataFrame(list(forgotten.items()), "user_id string, at double").createOrReplaceTempView(
+            "tombstones")
+        raw = spark.sql(log_sql.without_forgotten("raw_segments", "tombstones"))
     raw.createOrReplaceTempView("raw_events")
     events = spark.sql(log_sql.dedup("raw_events")).cache()
     events.createOrReplaceTempView("events")

@@ -66,12 +66,16 @@ def test_spark_reads_the_log_like_duckdb_and_writes_a_version_gated_on_the_same_
     from offline.spark_als import log_frame, log_range, spark_holdout, spark_session
 
     log = _log(tmp_path, lastfm_import.events_path, users=250)
+    forgotten = str(log.read().user_ids[0])
+    until = float(np.median(log.read().ts))
+    log.tombstones.record([forgotten], until)  # their history up to then is erased for both engines
     config = OnlineConfig(factors=16, iterations=3)
     versions = tmp_path / "versions"
     # one core: Spark's cost here is start-up and query compilation, which threads do not shorten
     with spark_session("local[1]") as spark:
         log_frame(spark, log.root)
-        until = float(np.median(log.read().ts))
+        erased = spark.sql(f"SELECT count(*) FROM events WHERE user_id = '{forgotten}' AND ts <= {until!r}")
+        assert erased.collect()[0][0] == 0
         assert log_range(spark, until) == log.range(until)
         users, songs = spark_holdout(spark, None, None)
         duck_users, duck_songs = log.holdout()
