@@ -184,7 +184,7 @@ def recs(user_id: Annotated[str, typer.Argument(help="user id")],
     from stream.redis_store import RecsClient
 
     cfg = _settings().stream
-    result = RecsClient(cfg.redis_url, cfg.redis_namespace).get(user_id, k)
+    result = RecsClient(cfg.redis_url, cfg.redis_namespace, cluster=cfg.redis_cluster).get(user_id, k)
     if result is None:
         err.print("no recommendations published yet (is a worker running?)")
         raise typer.Exit(1)
@@ -205,11 +205,11 @@ def recs(user_id: Annotated[str, typer.Argument(help="user id")],
 def status(check: Annotated[bool, typer.Option(help="health check: exit 1 unless this host's worker "
                                                      "published stats in the last 30 s")] = False) -> None:
     """Workers' counters and the published model version."""
-    from stream.redis_store import RedisKeys, connect, version_registry
+    from stream.redis_store import RedisKeys, connect_to, version_registry
     from stream.worker.stats import read_stats
 
     cfg = _settings().stream
-    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    client, keys = connect_to(cfg), RedisKeys(cfg.redis_namespace)
     workers = read_stats(client, keys)
     if check:
         from stream.worker.stats import worker_name

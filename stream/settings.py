@@ -42,6 +42,7 @@ class StreamConfig:
     fetch_max_wait: float = setting(0.01, "MUSICREC_FETCH_MAX_WAIT", "Seconds a consumer fetch may wait for data; Faust fixes 1.5 s, and a broker that waits out the whole period (the embedded Tansu does) adds up to that to every event's freshness.", gt=0)
     session_timeout: float = setting(10.0, "MUSICREC_SESSION_TIMEOUT", "Kafka consumer session timeout (s); a dead worker's partitions move after this.", gt=0)
     k: int = setting(20, "MUSICREC_K", "Songs stored per user in Redis.", gt=0, le=MAX_K)
+    redis_cluster: bool = setting(False, "MUSICREC_REDIS_CLUSTER", "REDIS_URL names one node of a Redis Cluster: use redis-py's cluster client (keys that must share a slot carry hash tags; no multi-key command spans slots).")
     redis_namespace: str = setting("musicrec", "MUSICREC_REDIS_NAMESPACE", "Prefix of every Redis key this project writes.")
     data_dir: str = setting("musicrec-data", "MUSICREC_DATA_DIR", "Directory of the event log (Parquet segments read by DuckDB) and model versions.")
     model_poll: float = setting(2.0, "MUSICREC_MODEL_POLL", "Seconds between a worker's checks for a newly published model version or A/B test.", gt=0)

