@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -171,6 +172,28 @@ class EmbeddedServices:
         self.stop()
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A port whose cluster bus port (port + 10000, fixed in redis-server 6.2) is free too: an
+    ephemeral port above 55535 would put the bus beyond 65535."""
+    for _ in range(200):
+        port = free_port()
+        if port < 55_000 and port not in taken and _port_free(port + 10_000):
+            return port
+        port = random.randrange(20_000, 30_000)
+        if port not in taken and _port_free(port) and _port_free(port + 10_000):
+            return port
+    raise ServiceUnavailable("no free pair of ports for a Redis Cluster node")
+
+
 class EmbeddedRedisCluster:
     """A Redis Cluster of ``masters`` redis-servers (no replicas) on loopback ports, made with the
     wheel's ``redis-cli --cluster create``; for tests and benchmarks of ``MUSICREC_REDIS_CLUSTER``."""
@@ -178,7 +201,9 @@ class EmbeddedRedisCluster:
     def __init__(self, masters: int = 3, workdir: str | Path | None = None) -> None:
         if masters < 3:
             raise ValueError("a Redis Cluster needs at least 3 masters")
-        self.ports = [free_port() for _ in range(masters)]
+        self.ports: list[int] = []
+        for _ in range(masters):
+            self.ports.append(free_cluster_port(set(self.ports)))
         self._tmp = tempfile.TemporaryDirectory(prefix="musicrec-cluster-") if workdir is None else None
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self._services: list[EmbeddedServices] = []

@@ -36,6 +36,8 @@ class StreamConfig:
     songs_topic: str = setting("music.songs", "MUSICREC_SONGS_TOPIC", "Topic of the song catalog (key = song_id).")
     dlq_topic: str = setting("music.events.dlq", "MUSICREC_DLQ_TOPIC", "Dead-letter topic: original bytes of refused messages, reason in headers.")
     partitions: int = setting(8, "MUSICREC_PARTITIONS", "Partitions of the events topic when this tool creates it.", gt=0)
+    replication_factor: int = setting(1, "MUSICREC_REPLICATION_FACTOR", "Replicas of each topic this tool creates; 3 in production (the embedded broker and the compose file have one broker).", gt=0)
+    min_insync_replicas: int = setting(1, "MUSICREC_MIN_INSYNC_REPLICAS", "min.insync.replicas of the topics this tool creates: with the producers' acks=all a write succeeds once this many replicas have it (2 with a replication factor of 3); at most MUSICREC_REPLICATION_FACTOR.", gt=0)
     app_id: str = setting("musicrec", "MUSICREC_APP_ID", "Faust application id = Kafka consumer group of the workers.")
     batch_size: int = setting(2000, "MUSICREC_BATCH_SIZE", "Maximum events per micro-batch in the worker.", gt=0)
     batch_within: float = setting(0.02, "MUSICREC_BATCH_WITHIN", "Seconds the worker waits to fill a micro-batch (a full batch goes at once; this bounds the wait of a quiet stream).", gt=0)
@@ -58,6 +60,9 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"MUSICREC_MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) exceeds "
+                             f"MUSICREC_REPLICATION_FACTOR ({self.replication_factor}): no write could succeed")
 
     def __repr__(self) -> str:
         # settings end up in tracebacks and debug logs; secrets must not
