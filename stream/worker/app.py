@@ -67,6 +67,13 @@ class WorkerApp:
         app.timer(cfg.model_poll, name="musicrec.versions")(self.follow_versions)
         app.timer(COMPACT_EVERY_S, name="musicrec.compaction")(self.compact_log)
         app.timer(STATS_EVERY_S, name="musicrec.stats")(self.publish_stats)
+        app.on_partitions_assigned.connect(self.on_partitions_assigned)
+
+    async def on_partitions_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        """Each rebalance hands out the whole assignment again (Faust's eager protocol)."""
+        assigned: set[Any] = args[0] if args else kwargs.get("assigned", set())
+        topic = self.parts.settings.stream.events_topic
+        self.parts.partitions = {tp.partition for tp in assigned if tp.topic == topic}
 
     async def _dead(self, dead: list[Any]) -> None:
         if dead:

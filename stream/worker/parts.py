@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -22,6 +22,7 @@ from stream.worker.ab_arm import ABArm
 from stream.worker.catalog import CatalogIntake
 from stream.worker.dedup import APPLIED_IDS, AppliedEvents
 from stream.worker.lists import ActiveUsers, ListWriter
+from stream.worker.memory import rss_mb
 from stream.worker.processor import BatchProcessor
 from stream.worker.stats import Counters, LatencyWindow, publish_stats, worker_name
 
@@ -43,6 +44,7 @@ class WorkerParts:
     counters: Counters
     freshness: LatencyWindow
     processor: BatchProcessor
+    partitions: set[int] = field(default_factory=set)  # of the events topic, as the group assigned them
 
     @classmethod
     def build(cls, settings: Settings, client: redis.Redis, worker_id: str | None = None,
@@ -90,7 +92,8 @@ class WorkerParts:
         stats: dict[str, Any] = dict(
             self.counters.as_dict(), freshness_p50_ms=p50, freshness_p95_ms=p95, freshness_p99_ms=p99,
             version=self.model.holder.version, users=len(self.model.state), swaps=self.versions.swaps,
-            refused_versions=self.versions.refused, worker_id=worker_name(self.settings.stream))
+            refused_versions=self.versions.refused, worker_id=worker_name(self.settings.stream),
+            partitions=sorted(self.partitions), rss_mb=round(rss_mb(), 1))
         ab = self.ab.summary()
         if ab is not None:
             stats["ab"] = ab

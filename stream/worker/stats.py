@@ -92,3 +92,12 @@ def read_stats(client: redis.Redis, keys: RedisKeys) -> list[dict[str, Any]]:
         names = sorted(client.scan_iter(keys.stats_pattern(), count=100))
         raws = mget(client, names)
     return [s for raw in raws if raw is not None and (s := parse_stats(raw)) is not None]
+
+
+def status_json(version: str | None, workers: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    """``musicrec status --json``: the published version and, per live worker, what it holds."""
+    return {"version": version, "workers": [
+        {"id": w["worker"], "partitions": list(w.get("partitions", [])), "users": int(w.get("users", 0)),
+         "events": int(w.get("events", 0)), "refused": int(w.get("refused", 0)),
+         "rss_mb": float(w.get("rss_mb", 0.0)), "age_s": round(max(now - float(w["updated_at"]), 0.0), 1)}
+        for w in workers]}

@@ -4,6 +4,7 @@ two workers sharing a topic writing every user's list through the cluster."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -78,6 +79,7 @@ def test_every_store_operation_works_on_a_cluster(redis_cluster: Any, tmp_path: 
 def test_two_workers_write_every_users_list_through_the_cluster(
         redis_cluster: Any, make_settings: Callable[..., Settings], start_worker: Callable[..., Any]) -> None:
     from stream.kafka_io import EventProducer
+    from tests.services.processes import run_cli
     from tests.services.streaming import wait_for
     from tests.synthetic import synthetic_log
 
@@ -98,3 +100,11 @@ def test_two_workers_write_every_users_list_through_the_cluster(
     wait_for(all_listed, 90, "every user's list in the cluster")
     stats = [w.wait(lambda s: s["events"] > 0, 30, "events") for w in workers]
     assert sum(s["events"] for s in stats) >= len(events)
+
+    out = run_cli(settings, "status", "--json")  # through the cluster, as an operator would
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    mine = [w for w in status["workers"] if any(w["id"].endswith(f"-{p.proc.pid}") for p in workers)]
+    assert len(mine) == 2 and all(w["rss_mb"] > 50 and w["age_s"] < 30 for w in mine)
+    held = [set(w["partitions"]) for w in mine]
+    assert held[0].isdisjoint(held[1]) and held[0] | held[1] == set(range(8))
