@@ -67,7 +67,7 @@ class WorkerApp:
         app.timer(cfg.model_poll, name="musicrec.versions")(self.follow_versions)
         app.timer(COMPACT_EVERY_S, name="musicrec.compaction")(self.compact_log)
         app.timer(STATS_EVERY_S, name="musicrec.stats")(self.publish_stats)
-        app.on_partitions_assigned.connect(self.on_partitions_assigned)
+        app.on_partitions_assigned.connect(self.on_partitions_assigned)  # type: ignore[arg-type]  # mode types a union of callables
 
     async def on_partitions_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         """Each rebalance hands out the whole assignment again (Faust's eager protocol)."""

@@ -98,8 +98,8 @@ def test_two_workers_write_every_users_list_through_the_cluster(
         return all(r is not None and not r.fallback for r in reader.get_many(users, 5))
 
     wait_for(all_listed, 90, "every user's list in the cluster")
-    stats = [w.wait(lambda s: s["events"] > 0, 30, "events") for w in workers]
-    assert sum(s["events"] for s in stats) >= len(events)
+    wait_for(lambda: sum(s["events"] for w in workers for s in w.stats()) >= len(events), 30,
+             "both workers' counters to include every event")
 
     out = run_cli(settings, "status", "--json")  # through the cluster, as an operator would
     assert out.returncode == 0, out.stderr
