@@ -79,6 +79,17 @@ class HistoryStore:
         return np.fromiter((len(r[0]) if (r := get(u)) is not None else 0 for u in users),
                            dtype=np.int64, count=len(users))
 
+    def drop(self, users: np.ndarray) -> None:
+        """Forget these users' histories entirely (their stamps too: a user seen again starts anew)."""
+        for user in users:
+            self._rows.pop(user, None)
+            self._forgotten.pop(user, None)
+            self._stamps.pop(user, None)
+
+    def inactive(self, before: float) -> np.ndarray:
+        """Users whose latest event is older than ``before``."""
+        return np.asarray([u for u, r in self._rows.items() if r[4] < before], dtype=object)
+
     def last_seen(self, users: np.ndarray) -> np.ndarray:
         get = self._rows.get
         return np.fromiter((r[4] if (r := get(u)) is not None else np.nan for u in users),

@@ -50,6 +50,10 @@ class VectorCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    def drop(self, users: np.ndarray) -> None:
+        for user in users:
+            self._entries.pop(user, None)
+
 
 class OnlineState:
     """Everything learnt from the stream. Per user: decayed engagement history, the latest plays in
@@ -85,6 +89,14 @@ class OnlineState:
             part = events.take(slice(start, start + _COOC_CHUNK))
             self.cooc.learn_events(self.recent, part, self.config.skip_weight)
         return self.history.update(events)
+
+    def drop(self, users: np.ndarray) -> None:
+        """Forget everything learnt per user about ``users`` (a worker no longer holding their
+        partition, or users inactive too long). What they taught the shared signals (song
+        popularity, co-occurrence, the ranker) stays: it is about songs, not about them."""
+        self.history.drop(users)
+        self.recent.forget(users)
+        self.vectors.drop(users)
 
     def names_of(self, keys: np.ndarray, index: SongIndex | None) -> np.ndarray:
         """Song names of keys: the served index's, then those learnt from events (songs newer than

@@ -99,6 +99,22 @@ def ensure_topics(cfg: StreamConfig, attempts: int = CONNECT_ATTEMPTS, first_del
     with_retries("creating topics", create, attempts, first_delay)
 
 
+def topic_partitions(cfg: StreamConfig, topic: str, attempts: int = CONNECT_ATTEMPTS) -> int:
+    """How many partitions ``topic`` has (the modulus of the producers' partitioner)."""
+    def count() -> int:
+        consumer = KafkaConsumer(**client_config(cfg), enable_auto_commit=False,
+                                 **bootstrap_timeout(KafkaConsumer, CONNECT_TIMEOUT_S))
+        try:
+            found = consumer.partitions_for_topic(topic)
+        finally:
+            consumer.close()
+        if not found:
+            raise ServiceUnavailable(f"topic {topic} has no partitions (does it exist?)")
+        return len(found)
+
+    return int(with_retries(f"reading the partitions of {topic}", count, attempts))
+
+
 class EventProducer:
     """Validating producer of listening and catalog events (kafka-python): acks=all and idempotent,
     so an acknowledged event is on every in-sync replica, and a retried send is written once. Keys

@@ -26,6 +26,7 @@ from stream.kafka_config import faust_app_options, use_fetch_max_wait
 from stream.worker.dead_letters import DeadLetterSender
 from stream.worker.messages import Message
 from stream.worker.parts import WorkerParts
+from stream.worker.start import evict_inactive, rebalance
 
 log = logging.getLogger("musicrec.worker")
 
@@ -33,6 +34,7 @@ REDIS_RETRY_MAX_S = 5.0
 CATALOG_BATCH = 500
 COMPACT_EVERY_S = 30.0
 STATS_EVERY_S = 2.0
+EVICT_EVERY_S = 60.0
 
 
 def _messages(events: list[Any]) -> list[Message]:
@@ -67,13 +69,20 @@ class WorkerApp:
         app.timer(cfg.model_poll, name="musicrec.versions")(self.follow_versions)
         app.timer(COMPACT_EVERY_S, name="musicrec.compaction")(self.compact_log)
         app.timer(STATS_EVERY_S, name="musicrec.stats")(self.publish_stats)
+        app.timer(EVICT_EVERY_S, name="musicrec.eviction")(self.evict_inactive)
         app.on_partitions_assigned.connect(self.on_partitions_assigned)  # type: ignore[arg-type]  # mode types a union of callables
 
     async def on_partitions_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
-        """Each rebalance hands out the whole assignment again (Faust's eager protocol)."""
+        """Restore the users of partitions gained, drop those of partitions lost. Faust awaits this
+        with the new partitions paused, so no event of theirs is processed before their history."""
         assigned: set[Any] = args[0] if args else kwargs.get("assigned", set())
         topic = self.parts.settings.stream.events_topic
-        self.parts.partitions = {tp.partition for tp in assigned if tp.topic == topic}
+        await rebalance(self.parts, {tp.partition for tp in assigned if tp.topic == topic})
+
+    async def evict_inactive(self) -> None:
+        evicted = evict_inactive(self.parts)
+        if evicted:
+            log.info("evicted %d users inactive for %g days", evicted, self.parts.settings.stream.state_ttl)
 
     async def _dead(self, dead: list[Any]) -> None:
         if dead:

@@ -80,6 +80,10 @@ class ActiveUsers:
             if len(self._users) > self.size:
                 self._users.popitem(last=False)
 
+    def forget(self, users: Iterable[str]) -> None:
+        for user in users:
+            self._users.pop(user, None)
+
     def refresh(self, lists: ListWriter, batch_size: int = 2000) -> int:
         """Recompute and store their lists (after a swap); returns how many."""
         users = np.asarray(list(self._users), dtype=object)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -23,6 +23,7 @@ from stream.worker.catalog import CatalogIntake
 from stream.worker.dedup import APPLIED_IDS, AppliedEvents
 from stream.worker.lists import ActiveUsers, ListWriter
 from stream.worker.memory import rss_mb
+from stream.worker.partitions import Holdings
 from stream.worker.processor import BatchProcessor
 from stream.worker.stats import Counters, LatencyWindow, publish_stats, worker_name
 
@@ -44,7 +45,7 @@ class WorkerParts:
     counters: Counters
     freshness: LatencyWindow
     processor: BatchProcessor
-    partitions: set[int] = field(default_factory=set)  # of the events topic, as the group assigned them
+    holdings: Holdings  # the events-topic partitions held, and whose users they hold
 
     @classmethod
     def build(cls, settings: Settings, client: redis.Redis, worker_id: str | None = None,
@@ -59,10 +60,11 @@ class WorkerParts:
         lists = ListWriter(model, ab, RecsWriter(client, keys), cfg.k)
         applied = AppliedEvents(applied_ids)
         log = EventLog(cfg.log_dir)
-        processor = BatchProcessor(model, log, worker_id, lists, ab, applied, active, counters, freshness)
+        holdings = Holdings(cfg.partitions)
+        processor = BatchProcessor(model, log, worker_id, lists, ab, applied, active, counters, freshness, holdings)
         return cls(settings, worker_id, client, keys, version_registry(client, keys, cfg.artifacts_dir), model,
                    VersionFollower(load, model.holder), ab, CatalogIntake(CatalogStore(cfg.catalog_dir), counters),
-                   active, lists, applied, counters, freshness, processor)
+                   active, lists, applied, counters, freshness, processor, holdings)
 
     @property
     def log(self) -> EventLog:
@@ -93,7 +95,7 @@ class WorkerParts:
             self.counters.as_dict(), freshness_p50_ms=p50, freshness_p95_ms=p95, freshness_p99_ms=p99,
             version=self.model.holder.version, users=len(self.model.state), swaps=self.versions.swaps,
             refused_versions=self.versions.refused, worker_id=worker_name(self.settings.stream),
-            partitions=sorted(self.partitions), rss_mb=round(rss_mb(), 1))
+            partitions=sorted(self.holdings.partitions), rss_mb=round(rss_mb(), 1))
         ab = self.ab.summary()
         if ab is not None:
             stats["ab"] = ab

@@ -27,6 +27,7 @@ class Counters:
     events: int = 0
     refused: int = 0  # counted once delivered to the dead-letter topic
     duplicates: int = 0  # valid events already folded in (Kafka redelivery): logged and learnt once
+    evicted: int = 0  # users dropped after MUSICREC_STATE_TTL without an event
     batches: int = 0
     users_written: int = 0
     last_batch_ms: float = 0.0
