@@ -180,8 +180,8 @@ class EventLog:
                 self._partition_view(con, partition_of)
                 source, where = "parted", f"AND part IN ({', '.join(map(str, wanted))})"
             rows = con.execute(f"SELECT event_id FROM (SELECT event_id, ingested_at FROM {source} "
-                               f"WHERE event_id IS NOT NULL {where} ORDER BY ingested_at DESC LIMIT ?) "
-                               "ORDER BY ingested_at", [int(limit)]).fetchall()
+                               f"WHERE event_id IS NOT NULL {where} ORDER BY ingested_at DESC, event_id DESC "
+                               "LIMIT ?) ORDER BY ingested_at, event_id", [int(limit)]).fetchall()
         return [r[0] for r in rows]
 
     HOLDOUT_SQL = """

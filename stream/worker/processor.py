@@ -44,7 +44,7 @@ class BatchProcessor:
         self.active = active
         self.counters = counters
         self.freshness = freshness
-        self.holdings = holdings or Holdings()
+        self.holdings = holdings if holdings is not None else Holdings()
 
     def process(self, messages: list[Message]) -> list[DeadLetter]:
         """Handle one micro-batch; returns the dead letters the caller must produce before acking."""

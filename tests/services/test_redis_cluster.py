@@ -5,6 +5,7 @@ two workers sharing a topic writing every user's list through the cluster."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -76,35 +77,63 @@ def test_every_store_operation_works_on_a_cluster(redis_cluster: Any, tmp_path: 
     assert mget(client, [keys.recs("u0"), keys.recs("u1"), keys.recs("nobody")])[2] is None
 
 
-def test_two_workers_write_every_users_list_through_the_cluster(
+def test_two_workers_share_the_users_and_write_every_list_through_the_cluster(
         redis_cluster: Any, make_settings: Callable[..., Settings], start_worker: Callable[..., Any]) -> None:
+    """The issue's target: two workers sharing 8 partitions on a 3-master cluster. Every user (from
+    the imported history and from the stream) gets a list through the cluster, each worker holds its
+    partitions' users only (at most 65% of them), and a survivor of a kill -9 restores the rest."""
+    import signal
+
+    from offline.eventlog import EventLog
+    from offline.retrain import retrain_als
     from stream.kafka_io import EventProducer
-    from tests.services.processes import run_cli
+    from tests.services.processes import publish, run_cli
     from tests.services.streaming import wait_for
     from tests.synthetic import synthetic_log
 
     base = make_settings(partitions=8)
     settings = replace(base, stream=replace(base.stream, redis_url=redis_cluster.url, redis_cluster=True))
+    history = synthetic_log(n_users=400, n_events=8000, seed=5)
+    EventLog(settings.stream.log_dir).append(history)  # imported, no Kafka: partitions by key
+    version = retrain_als(EventLog(settings.stream.log_dir), settings.stream.artifacts_dir, settings.model).version
+    publish(settings, version)
     workers = [start_worker(settings), start_worker(settings)]
-    for w in workers:
-        w.wait_ready(90)
-    events = synthetic_log(n_users=120, n_events=2400, seed=3)
+
+    def settled() -> list[dict[str, Any]] | None:
+        stats = [w.stats() for w in workers]
+        if not all(stats):
+            return None
+        held = [set(s[0]["partitions"]) for s in stats]
+        fine = held[0].isdisjoint(held[1]) and held[0] | held[1] == set(range(8)) and all(held) \
+            and sum(s[0]["users"] for s in stats) == 400 and all(s[0]["version"] == version for s in stats)
+        return [s[0] for s in stats] if fine else None
+
+    shares = wait_for(settled, 120, "two workers holding 4 partitions each and every history user once")
+    assert max(s["users"] for s in shares) <= 0.65 * 400, shares
+
+    live = synthetic_log(n_users=450, n_events=900, seed=6)  # u400..u449 are new
+    live = type(live).from_columns(live.user_ids, live.song_ids, None, np.full(len(live), time.time()), None,
+                                   np.array([f"live{i}" for i in range(len(live))], dtype=object))
     with EventProducer(settings.stream) as producer:
-        producer.send_events(events)
-    users = sorted(set(events.user_ids.tolist()))
+        producer.send_events(live)
+    users = sorted(set(history.user_ids.tolist()) | set(live.user_ids.tolist()))
     reader = RecsClient(settings.stream.redis_url, settings.stream.redis_namespace, cluster=True)
 
     def all_listed() -> bool:
         return all(r is not None and not r.fallback for r in reader.get_many(users, 5))
 
     wait_for(all_listed, 90, "every user's list in the cluster")
-    wait_for(lambda: sum(s["events"] for w in workers for s in w.stats()) >= len(events), 30,
-             "both workers' counters to include every event")
 
     out = run_cli(settings, "status", "--json")  # through the cluster, as an operator would
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
+    assert status["version"] == version
     mine = [w for w in status["workers"] if any(w["id"].endswith(f"-{p.proc.pid}") for p in workers)]
     assert len(mine) == 2 and all(w["rss_mb"] > 50 and w["age_s"] < 30 for w in mine)
-    held = [set(w["partitions"]) for w in mine]
-    assert held[0].isdisjoint(held[1]) and held[0] | held[1] == set(range(8))
+
+    assert workers[0].proc is not None
+    workers[0].proc.send_signal(signal.SIGKILL)
+    workers[0].proc.wait()
+    survivor = workers[1].wait(lambda s: len(s["partitions"]) == 8 and s["users"] == len(users), 90,
+                               "the survivor to restore the dead worker's users from the log")
+    assert survivor["version"] == version

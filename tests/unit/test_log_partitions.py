@@ -19,8 +19,8 @@ DAY = 86400.0
 
 def events(users: list[str], ts: list[float], tag: str) -> EventBatch:
     n = len(users)
-    return EventBatch.from_columns(np.array(users, dtype=object), np.array([f"s{i % 5}" for i in range(n)], dtype=object),
-                                   ts=np.array(ts, dtype=np.float64),
+    songs = np.array([f"s{i % 5}" for i in range(n)], dtype=object)
+    return EventBatch.from_columns(np.array(users, dtype=object), songs, ts=np.array(ts, dtype=np.float64),
                                    event_ids=np.array([f"{tag}{i}" for i in range(n)], dtype=object))
 
 
