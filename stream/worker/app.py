@@ -62,6 +62,10 @@ class WorkerApp:
         self.app = app = faust.App(cfg.app_id, **faust_app_options(parts.settings))
         events = app.topic(cfg.events_topic, key_type=bytes, value_type=bytes, partitions=cfg.partitions)
         songs = app.topic(cfg.songs_topic, key_type=bytes, value_type=bytes)
+        # set while the state holds exactly the assigned partitions' users: Faust may resume fetching
+        # a gained partition before the assignment callback (its restore) returns, and an event
+        # processed mid-restore would be learnt before its history, and once more if redelivered
+        self.settled = asyncio.Event()
         self.dead_letters = DeadLetterSender(app.topic(cfg.dlq_topic, key_type=bytes, value_type=bytes))
         app.agent(events, name="musicrec.events")(self.consume_events)
         app.agent(songs, name="musicrec.catalog")(self.store_catalog)
@@ -77,7 +81,11 @@ class WorkerApp:
         with the new partitions paused, so no event of theirs is processed before their history."""
         assigned: set[Any] = args[0] if args else kwargs.get("assigned", set())
         topic = self.parts.settings.stream.events_topic
-        await rebalance(self.parts, {tp.partition for tp in assigned if tp.topic == topic})
+        self.settled.clear()
+        try:
+            await rebalance(self.parts, {tp.partition for tp in assigned if tp.topic == topic})
+        finally:
+            self.settled.set()
 
     async def evict_inactive(self) -> None:
         evicted = evict_inactive(self.parts)
@@ -92,6 +100,7 @@ class WorkerApp:
     async def consume_events(self, stream: faust.StreamT) -> None:
         cfg = self.parts.settings.stream
         async for events in stream.take_events(cfg.batch_size, within=cfg.batch_within):  # type: ignore[attr-defined]
+            await self.settled.wait()
             await self._dead(await with_redis_retry("processing a batch", self.parts.processor.process,
                                                     _messages(events)))
 
