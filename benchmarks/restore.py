@@ -91,7 +91,7 @@ def run(console: Console, quick: bool) -> dict[str, Any]:
             log = EventLog(data_dir / "log")
             log.append(history)
             namespace = f"bench-restore-{n}"
-            model = load_settings({"factors": 32}, env={}).model
+            model = load_settings({"model.factors": 32}, env={}).model
             version = retrain_als(log, data_dir / "versions", model).version
             version_registry(connect(services.redis_url), RedisKeys(namespace), data_dir / "versions").publish(version)
             per_share = {}
