@@ -48,7 +48,7 @@ class StreamConfig:
     redis_namespace: str = setting("musicrec", "MUSICREC_REDIS_NAMESPACE", "Prefix of every Redis key this project writes.")
     data_dir: str = setting("musicrec-data", "MUSICREC_DATA_DIR", "Directory of the event log (Parquet segments read by DuckDB) and model versions.")
     model_poll: float = setting(2.0, "MUSICREC_MODEL_POLL", "Seconds between a worker's checks for a newly published model version or A/B test.", gt=0)
-    warmup_events: int = setting(20_000, "MUSICREC_WARMUP_EVENTS", "Latest logged events a starting worker replays as a live stream (their users' lists, then the events) so the ranker relearns its weights; the rest of the log is folded in directly.", ge=0)
+    warmup_events: int = setting(20_000, "MUSICREC_WARMUP_EVENTS", "Latest logged events a starting worker replays as a live stream (their users' lists, then the events) so the ranker relearns its weights; the rest of the log is folded in directly. A worker restoring k of n partitions replays k/n of them (its share of the stream).", ge=0)
     state_ttl: float = setting(0.0, "MUSICREC_STATE_TTL", "Days without an event (in event time: behind the newest event a worker has seen) after which a user's online state is evicted and not restored; 0 = never. Their list stays in Redis.", ge=0)
     kafka_security_protocol: str = setting("PLAINTEXT", "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     kafka_sasl_mechanism: str = setting("", "KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.")

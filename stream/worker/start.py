@@ -40,10 +40,10 @@ def restore_window_s(settings: Settings) -> float:
 async def restore_partitions(parts: WorkerParts, partitions: set[int], chunk: int = RESTORE_CHUNK) -> int:
     """Rebuild the online state of the users of ``partitions`` from the event log (the state's source
     of truth): only their events, only within :func:`restore_window_s` of each user's latest, and only
-    users active within ``MUSICREC_STATE_TTL``. The events but the last ``warmup_events`` are folded
-    in; then the published version is installed if none serves yet; then the tail is replayed under it
-    as a live stream (lists, then events), which teaches the ranker again. Restored users get their
-    lists written. Returns events read.
+    users active within ``MUSICREC_STATE_TTL``. The events but the last ``warmup_events`` (their share
+    for these partitions) are folded in; then the published version is installed if none serves yet;
+    then the tail is replayed under it as a live stream (lists, then events), which teaches the ranker
+    again. Restored users get their lists written. Returns events read.
 
     Runs on the event loop between rebalance steps (Kafka delivers nothing of these partitions until
     it returns), yielding between chunks so the consumer keeps heartbeating."""
@@ -51,7 +51,9 @@ async def restore_partitions(parts: WorkerParts, partitions: set[int], chunk: in
     holdings = parts.holdings
     events, where = await loop.run_in_executor(None, lambda: parts.log.read_partitions(
         partitions, holdings.key_partitions, restore_window_s(parts.settings), cfg.state_ttl * DAY_S))
-    tail = max(len(events) - cfg.warmup_events, 0)
+    # the warm-up is the latest stretch of the stream; a worker's stream is its partitions' share of it
+    warmup = round(cfg.warmup_events * len(partitions) / max(holdings.n_partitions, len(partitions)))
+    tail = max(len(events) - warmup, 0)
     for start in range(0, tail, chunk):
         parts.model.partial_fit(events.take(slice(start, min(start + chunk, tail))))
         await asyncio.sleep(0)
