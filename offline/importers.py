@@ -91,6 +91,48 @@ def import_lastfm(directory: str | Path, out_dir: str | Path) -> ImportResult:
                         int(bogus), {"plays": plays_path, "tag_rows": Path(str(total))})
 
 
+# MovieLens ratings are 0.5-5 stars; a rating at or below this is a skip (the user sampled the film and
+# disliked it), anything above a play. Ratings carry no play length, so every play counts fully.
+MOVIELENS_SKIP_AT_OR_BELOW = 2.0
+
+
+def import_movielens(directory: str | Path, out_dir: str | Path) -> ImportResult:
+    """MovieLens (ml-latest-small layout): each rating becomes one event at its own second, a play when
+    rated above MOVIELENS_SKIP_AT_OR_BELOW stars and a skip otherwise; films are the songs (title and
+    first genre in the catalog). The one public log here whose order inside a day is real."""
+    d = Path(directory)
+    ratings, movies = _need(d / "ratings.csv"), _need(d / "movies.csv")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with closing(duckdb.connect()) as con:
+            t = con.sql(f"""
+                SELECT CAST(userId AS VARCHAR) AS user_id, CAST(movieId AS VARCHAR) AS song_id,
+                       CAST(timestamp AS DOUBLE) AS ts,
+                       CASE WHEN CAST(rating AS DOUBLE) <= {MOVIELENS_SKIP_AT_OR_BELOW} THEN 'skip'
+                            ELSE 'play' END AS event
+                FROM read_csv({_q(ratings)}, header=true, all_varchar=true)
+                ORDER BY ts, CAST(userId AS BIGINT), CAST(movieId AS BIGINT)""").to_arrow_table()
+            catalog = con.sql(f"""
+                SELECT CAST(movieId AS VARCHAR) AS song_id, title, NULL::VARCHAR AS artist,
+                       split_part(genres, '|', 1) AS genre, 0.0 AS ts
+                FROM read_csv({_q(movies)}, header=true, all_varchar=true)
+                ORDER BY CAST(movieId AS BIGINT)""").to_arrow_table()
+    except duckdb.Error as exc:
+        raise BadInputFile(f"{d}: not the MovieLens ratings.csv/movies.csv layout "
+                           f"({str(exc).splitlines()[0]})") from exc
+    users = t.column("user_id").to_numpy(zero_copy_only=False)
+    songs = t.column("song_id").to_numpy(zero_copy_only=False)
+    ts = t.column("ts").to_numpy()
+    ids = np.char.add(np.char.add(np.char.add("movielens:", users.astype(str)), ":"), songs.astype(str))
+    batch = EventBatch.from_columns(users, songs, t.column("event").to_numpy(zero_copy_only=False), ts, None,
+                                    ids.astype(object))
+    events_path = write_event_file(batch, out / "movielens-events.parquet")
+    catalog_path = out / "movielens-catalog.parquet"
+    pq.write_table(catalog, catalog_path)
+    return ImportResult(events_path, catalog_path, len(batch), catalog.num_rows, len(np.unique(users)), 0, {})
+
+
 def import_spotify(csv_path: str | Path, out_dir: str | Path) -> ImportResult:
     """TidyTuesday Spotify songs: one catalog row per track (first playlist's genre) with its audio
     features, plus ``spotify-playlists.parquet`` (playlist_id, song_id, genre) for content tests and a

@@ -4,6 +4,9 @@ Each tested user's most recent newly discovered song is held out (:func:`loo_spl
 fitted on the rest and judged on (a) ranking that song among 99 songs the user never touched, HR@k
 and NDCG@k, the same sampled negatives for every model, and (b) full-catalog recall@k: is the song
 in the model's top k of all songs the user has not interacted with in training.
+
+Models named in ``offline.scorers.TUNED`` (``implicit-als-tuned``, ``hybrid``, ...) get their
+hyper-parameters from the log's early half first (``offline.loo_tune``), never from the held-out songs.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from index_manager.artifacts import ModelArtifact
-from offline.scorers import MODELS, make_scorer
+from offline.scorers import MODELS, TUNED, make_scorer
 from online_models.batch import PLAY, EventBatch
 from online_models.metrics import sampled_hit_ndcg
 from online_models.ncf_config import NCFConfig
 from online_models.ranking import sample_unseen, seen_keys
 
-DEFAULT_MODELS = ("als", "ncf", "implicit-als", "implicit-bpr", "popularity")
+# ``ease`` and ``als-tuned``: the hybrid's two parts alone (tuned for it anyway; ``ease`` reuses its EASE table)
+DEFAULT_MODELS = ("als", "als-tuned", "ease", "hybrid", "ncf", "implicit-als", "implicit-als-tuned", "implicit-bpr",
+                  "implicit-bpr-tuned", "popularity")
+PEERS = ("implicit-als", "implicit-als-tuned", "implicit-bpr", "implicit-bpr-tuned")
 SAMPLED_NEGATIVES = 99
 
 
@@ -104,10 +109,15 @@ def full_recall(top: np.ndarray, test_songs: np.ndarray) -> float:
 
 def evaluate_loo(events: EventBatch, models: list[str], k: int = 10, console: Console | None = None,
                  seed: int = 0, *, negatives: int = SAMPLED_NEGATIVES, ncf_config: NCFConfig | None = None,
-                 show_progress: bool = False) -> dict[str, Any]:
+                 show_progress: bool = False, tuning: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Leave-last-out figures of each model: HR@k and NDCG@k against ``negatives`` sampled songs,
     full-catalog recall@k and training seconds. ``seed`` fixes the negatives and the models' seeds
-    (an explicit ``ncf_config`` keeps its own seed)."""
+    (an explicit ``ncf_config`` keeps its own seed).
+
+    Tuned models (``TUNED``) take their parameters from ``tuning`` (``offline.loo_tune.tune_loo``'s
+    answer), which is computed here on the early half of ``events`` when not given. The result adds
+    ``"tuning"`` (the chosen parameters and their early-window figures) and ``"ratios"`` (our best
+    model over the best implicit peer, per metric) when they apply."""
     if not isinstance(k, int | np.integer) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not models:
@@ -120,22 +130,55 @@ def evaluate_loo(events: EventBatch, models: list[str], k: int = 10, console: Co
     train, test_users, test_songs = loo_split(events)
     if len(test_users) == 0:
         raise ValueError("no user has 2 distinct played songs: nothing to evaluate")
+    if tuning is None and set(models) & set(TUNED):
+        from offline.loo_tune import tune_loo
+
+        tuning = tune_loo(events, models, k, seed, negatives, console)
+    tuning = tuning or {}
+    missing = [m for m in models if m in TUNED and m not in tuning]
+    if missing:
+        raise ValueError(f"no tuned parameters for {', '.join(missing)}")
     negs = sample_negatives(events, test_users, negatives, seed)
     candidates = np.concatenate([test_songs[:, None], negs], axis=1)
     ncf_config = ncf_config or NCFConfig(seed=seed)
-    cache: dict[str, tuple[ModelArtifact, float]] = {}
+    cache: dict[str, Any] = {}
     results: dict[str, dict[str, float]] = {}
     for name in models:
-        scorer = make_scorer(name, seed, ncf_config, cache, show_progress)
+        params = tuning[name]["params"] if name in TUNED else None
+        scorer = make_scorer(name, seed, ncf_config, cache, show_progress, params=params)
         scorer.fit(train)
         hr, ndcg = sampled_metrics(scorer.score(test_users, candidates), k)
         recall = full_recall(scorer.top(test_users, k), test_songs)
         results[name] = {f"hr@{k}": hr, f"ndcg@{k}": ndcg, f"recall@{k}": recall, "fit_s": scorer.fit_s}
         if console is not None:
             console.print(f"[dim]{name}: HR@{k} {hr:.4f}  fit {scorer.fit_s:.1f}s[/dim]")
-    out = {"protocol": "loo", "k": int(k), "users": len(test_users), "models": results}
+    out: dict[str, Any] = {"protocol": "loo", "k": int(k), "users": len(test_users), "models": results}
+    if tuning:
+        out["tuning"] = {name: {key: v for key, v in t.items() if key != "default_early"} for name, t in tuning.items()}
+    ratios = best_over_peers(results, k)
+    if ratios:
+        out["ratios"] = ratios
     if console is not None:
         console.print(_table(out, negatives))
+        for metric, r in ratios.items():
+            console.print(f"{metric}: {r['ours']} / {r['peer']} = {r['ratio']:.3f}x")
+    return out
+
+
+def best_over_peers(results: dict[str, dict[str, float]], k: int) -> dict[str, dict[str, Any]]:
+    """Per metric (HR@k, recall@k): our best model, the best implicit peer, and the ratio of the two.
+    Ours are every model that is not a peer and not ``popularity``. Empty if either side is absent."""
+    ours = [m for m in results if m not in PEERS and m != "popularity"]
+    peers = [m for m in results if m in PEERS]
+    out: dict[str, dict[str, Any]] = {}
+    if not ours or not peers:
+        return out
+    for metric in (f"hr@{k}", f"recall@{k}"):
+        best = max(ours, key=lambda m: results[m][metric])
+        peer = max(peers, key=lambda m: results[m][metric])
+        value = results[peer][metric]
+        out[metric] = {"ours": best, "peer": peer,
+                       "ratio": results[best][metric] / value if value > 0 else float("inf")}
     return out
 
 

@@ -18,8 +18,10 @@ from online_models.ncf import NCFScorer
 from online_models.ncf_config import NCFConfig
 from online_models.ranking import take_top
 
-MODELS = ("als", "ncf", "ncf-mlx", "ncf-rerank", "ncf-dot", "implicit-als", "implicit-bpr", "popularity", "sasrec",
-          "sasrec-mlx")
+MODELS = ("als", "als-tuned", "hybrid", "ease", "ncf", "ncf-mlx", "ncf-rerank", "ncf-dot", "implicit-als",
+          "implicit-als-tuned", "implicit-bpr", "implicit-bpr-tuned", "popularity", "sasrec", "sasrec-mlx")
+# models whose hyper-parameters ``offline.loo_tune`` chooses on the log's early half before they are fitted
+TUNED = ("als-tuned", "hybrid", "ease", "implicit-als-tuned", "implicit-bpr-tuned")
 RERANK_CANDIDATES = 200
 # (users x songs) cells scored per chunk in full-catalog ranking: ~16 MB of float64 scores
 _CHUNK_CELLS = 1 << 21
@@ -203,17 +205,20 @@ def _play_matrix(train: EventBatch) -> tuple[sp.csr_matrix, np.ndarray, np.ndarr
 
 
 class ImplicitScorer(_DotScorer):
-    """implicit's ALS or BPR with the library's default hyper-parameters on the play-count matrix.
+    """implicit's ALS or BPR on the play-count matrix, with the library's default hyper-parameters or
+    the given ``params`` (keyword arguments of the implicit model, e.g. chosen by ``offline.loo_tune``).
 
-    Only ``random_state`` is set (reproducibility) and, for BPR, one thread: its Hogwild updates are
+    ``random_state`` is set (reproducibility) and, for BPR, one thread: its Hogwild updates are
     otherwise order-dependent and the figures would change from run to run."""
 
-    def __init__(self, kind: str, seed: int = 0) -> None:
+    def __init__(self, kind: str, seed: int = 0, params: dict[str, Any] | None = None) -> None:
         super().__init__()
         if kind not in ("als", "bpr"):
             raise ValueError(f"unknown implicit model {kind!r}")
-        self.kind, self.seed = kind, seed
-        self.name = f"implicit-{kind}"
+        self.kind, self.seed, self.params = kind, seed, dict(params or {})
+        if {"random_state", "num_threads"} & set(self.params):
+            raise ValueError("random_state and num_threads are set by the scorer")
+        self.name = f"implicit-{kind}" + ("-tuned" if params is not None else "")
 
     def _fit(self, train: EventBatch) -> tuple[np.ndarray, np.ndarray]:
         from threadpoolctl import threadpool_limits
@@ -223,11 +228,11 @@ class ImplicitScorer(_DotScorer):
             if self.kind == "als":
                 from implicit.als import AlternatingLeastSquares
 
-                model: Any = AlternatingLeastSquares(random_state=self.seed)
+                model: Any = AlternatingLeastSquares(random_state=self.seed, **self.params)
             else:
                 from implicit.bpr import BayesianPersonalizedRanking
 
-                model = BayesianPersonalizedRanking(random_state=self.seed, num_threads=1)
+                model = BayesianPersonalizedRanking(random_state=self.seed, num_threads=1, **self.params)
             model.fit(mat, show_progress=False)
         self._uf = np.asarray(model.user_factors, dtype=np.float32)
         self._if = np.asarray(model.item_factors, dtype=np.float32)
@@ -295,17 +300,29 @@ class NCFEvalScorer(_RowScorer):
 
 
 def make_scorer(name: str, seed: int = 0, ncf_config: NCFConfig | None = None,
-                cache: dict[str, tuple[ModelArtifact, float]] | None = None,
-                show_progress: bool = False) -> Scorer:
-    """A fresh scorer by model name (see ``MODELS``); NCF variants given one ``cache`` share a fit."""
+                cache: dict[str, Any] | None = None, show_progress: bool = False,
+                params: dict[str, Any] | None = None) -> Scorer:
+    """A fresh scorer by model name (see ``MODELS``); scorers given one ``cache`` share fits (the NCF
+    variants one network, ``hybrid`` and ``ease`` one EASE table). The ``TUNED`` models need ``params``,
+    the hyper-parameters ``offline.loo_tune`` chose for them."""
     ncf = ncf_config or NCFConfig()
-    if name == "als":
-        return ALSScorer(replace(OnlineConfig(), seed=seed))
+    if name in TUNED and params is None:
+        raise ValueError(f"{name} needs its tuned parameters (offline.loo_tune.tune_loo chooses them)")
+    if name in ("als", "als-tuned"):
+        scorer = ALSScorer(replace(OnlineConfig(), seed=seed, **(params or {})))
+        scorer.name = name
+        return scorer
+    if name in ("hybrid", "ease"):
+        from offline.loo_models import HybridScorer
+
+        return HybridScorer(name, params or {}, seed, cache)
     if name in ("ncf", "ncf-mlx", "ncf-rerank", "ncf-dot"):
         mode = {"ncf": "full", "ncf-mlx": "full", "ncf-rerank": "rerank", "ncf-dot": "dot"}[name]
         return NCFEvalScorer(mode, "mlx" if name == "ncf-mlx" else "torch", ncf, cache, show_progress)
-    if name in ("implicit-als", "implicit-bpr"):
-        return ImplicitScorer(name.split("-")[1], seed)
+    if name in ("implicit-als", "implicit-bpr", "implicit-als-tuned", "implicit-bpr-tuned"):
+        implicit = ImplicitScorer(name.split("-")[1], seed, params)
+        implicit.name = name
+        return implicit
     if name == "popularity":
         return PopularityScorer()
     if name in ("sasrec", "sasrec-mlx"):

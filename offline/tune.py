@@ -19,12 +19,14 @@ from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
 
 GRID: dict[str, list[Any]] = {
-    "alpha": [2.0, 5.0, 10.0, 20.0, 40.0],
-    "regularization": [0.01, 0.05, 0.5, 5.0],
+    "recent_plays": [20, 50, 100],
+    "cooc_query": [10, 30, 50],
+    "cooc_candidates": [10, 20, 40],
+    "cooc_half_life_events": [0.0, 20000.0, 100000.0],
+    "ranker_learning_rate": [0.02, 0.05, 0.1],
+    "ranker_hidden": [0, 16, 32],
     "factors": [32, 64, 128],
-    "half_life_days": [30.0, 90.0, 365.0, 0.0],
-    "cold_start_events": [1.0, 2.0, 5.0, 10.0, 20.0],
-    "popularity_half_life_days": [7.0, 30.0, 90.0, 0.0],
+    "alpha": [2.0, 10.0, 40.0],
 }
 
 

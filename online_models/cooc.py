@@ -5,8 +5,8 @@ directions); a skip adds a negative vote between the skipped song and the user's
 Votes may decay with a half-life counted in events, so a stream's pace sets the memory, not the clock.
 
 Memory is bounded: each song keeps its ``max_neighbours`` strongest neighbours. Updates go to a small
-delta matrix merged into the main one when it has grown by an eighth (an LSM-style pair), so a batch
-costs in proportion to its own votes, not to the whole matrix.
+fresh matrix, merged into a delta matrix when it reaches a quarter of it, which is merged into the main
+one at half of it (LSM-style levels), so a batch costs in proportion to its own votes, not to the whole matrix.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class CoOccurrence:
         self._base = 0.0  # exponent already divided out of the stored values
         self._main = sp.csr_matrix((0, 0), dtype=np.float64)
         self._delta = sp.csr_matrix((0, 0), dtype=np.float64)
+        self._fresh = sp.csr_matrix((0, 0), dtype=np.float64)
         self._plays = np.empty(0, np.float64)  # decayed plays per row, in stored units
 
     def __len__(self) -> int:
@@ -102,7 +103,7 @@ class CoOccurrence:
 
     @property
     def nnz(self) -> int:
-        return int(self._main.nnz + self._delta.nnz)
+        return int(self._main.nnz + self._delta.nnz + self._fresh.nnz)
 
     def _scaled(self, weights: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Weights in stored units for events at batch ``positions`` (rebasing first if needed)."""
@@ -139,28 +140,36 @@ class CoOccurrence:
             w = self._scaled(weights, positions)
             votes = sp.csr_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
             votes.sum_duplicates()
-            self._delta = (self._delta + votes).tocsr()
-            if self._delta.nnz * 4 > max(self._main.nnz, 1 << 16):
-                self._merge()
+            # three levels, each merged into the next when it reaches a fraction of it: a batch
+            # copies only the small fresh level, never the whole delta or main matrix
+            self._fresh = (self._fresh + votes).tocsr()
+            if self._fresh.nnz * 4 > max(self._delta.nnz, 1 << 12):
+                self._delta = (self._delta + self._fresh).tocsr()
+                self._fresh = sp.csr_matrix(self._fresh.shape, dtype=np.float64)
+                if self._delta.nnz * 2 > max(self._main.nnz, 1 << 16):
+                    self._merge()
         self.clock += int(n_events)
 
     def _grow(self, n: int) -> None:
         if self._main.shape[0] < n:
             self._main.resize((n, n))
             self._delta.resize((n, n))
+            self._fresh.resize((n, n))
             self._plays = np.pad(self._plays, (0, n - len(self._plays)))
 
     def _rebase(self, exponent: float) -> None:
         factor = float(np.exp2(-(exponent - self._base)))
         self._main = self._main * factor
         self._delta = self._delta * factor
+        self._fresh = self._fresh * factor
         self._plays *= factor
         self._base = exponent
 
     def _merge(self) -> None:
-        merged = (self._main + self._delta).tocsr()
+        merged = (self._main + self._delta + self._fresh).tocsr()
         merged.eliminate_zeros()
         self._delta = sp.csr_matrix(merged.shape, dtype=np.float64)
+        self._fresh = sp.csr_matrix(merged.shape, dtype=np.float64)
         self._main = self._prune(merged)
 
     def _prune(self, m: sp.csr_matrix) -> sp.csr_matrix:
@@ -173,7 +182,7 @@ class CoOccurrence:
             return m
         at = np.flatnonzero(np.repeat(over, lengths))  # entries of the long rows, row-major
         rows = np.repeat(np.arange(m.shape[0]), lengths)[at]
-        order = np.lexsort((m.indices[at], -m.data[at], rows))
+        order = np.lexsort((-m.data[at], rows))  # stable: ties keep column order within a row
         rank = np.arange(len(at)) - np.searchsorted(rows[order], rows[order])
         keep = np.ones(m.nnz, bool)
         keep[at[order[rank >= self.max_neighbours]]] = False
@@ -223,13 +232,15 @@ class CoOccurrence:
         weight = plays[rows[u, j]] ** -exponent if both_sides else np.ones(len(u))
         q = sp.csr_matrix((weight * now, (u, rows[u, j])), shape=(users, n))
         votes = q @ self._main
-        if self._delta.nnz:  # two products, never main + delta: adding those would cost the whole matrix
-            votes = votes + q @ self._delta
+        for level in (self._delta, self._fresh):  # one product per level: adding levels costs the whole matrix
+            if level.nnz:
+                votes = votes + q @ level
         votes = votes.tocsr()
         votes.sort_indices()
         cols = votes.indices.astype(np.int64)
-        return CoocQuery(votes.indptr.astype(np.int64), cols, votes.data, votes.data * plays[cols] ** -exponent,
-                         self.songs, n)
+        # the power per song when songs are fewer than the entries reaching them, else per entry
+        scale = (plays ** -exponent)[cols] if n < len(cols) else plays[cols] ** -exponent
+        return CoocQuery(votes.indptr.astype(np.int64), cols, votes.data, votes.data * scale, self.songs, n)
 
 
 def _rank_in_row(rows: np.ndarray, values: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -240,25 +251,50 @@ def _rank_in_row(rows: np.ndarray, values: np.ndarray, cols: np.ndarray) -> np.n
     return rank
 
 
+_PADDED_ROWS_UP_TO = 512  # entries; measured crossover of a padded partition against one row at a time
+
+
 def _top_per_row(indptr: np.ndarray, values: np.ndarray, n: int | np.ndarray) -> np.ndarray:
     """Boolean per entry: among its row's entries, one of the ``n`` (per row, or for all) largest
     finite values (ties: lower column first, as entries are in column order), so a row's answer
     never depends on the other rows of the call."""
-    chosen = np.zeros(len(values), bool)
-    wanted = np.broadcast_to(np.asarray(n, np.int64), (len(indptr) - 1,))
-    # one partition per user (rows are a few thousand entries; padding them into one dense array
-    # cost more than the loop)
-    for row, (a, b) in enumerate(zip(indptr[:-1].tolist(), indptr[1:].tolist(), strict=True)):
-        take = int(wanted[row])
-        if b == a or take <= 0:
-            continue
+    lengths = np.diff(indptr)
+    wanted = np.broadcast_to(np.asarray(n, np.int64), lengths.shape)
+    finite = np.isfinite(values)
+    counted = np.r_[0, np.cumsum(finite)]
+    row_of = np.repeat(np.arange(len(lengths)), lengths)
+    # rows with no more finite values than wanted keep them all; only the others need an order
+    short = (counted[indptr[1:]] - counted[indptr[:-1]]) <= wanted
+    chosen = finite & short[row_of] & (wanted[row_of] > 0)
+    long_rows = np.flatnonzero(~short & (wanted > 0))
+    if not len(long_rows):
+        return chosen
+    # short rows of similar length go through one padded array each (at most 2x padding); a long row
+    # costs less on its own than padded, and a loop over few rows costs little
+    dense_rows = long_rows[lengths[long_rows] <= _PADDED_ROWS_UP_TO]
+    for row in long_rows[lengths[long_rows] > _PADDED_ROWS_UP_TO].tolist():
+        a, b, take = int(indptr[row]), int(indptr[row + 1]), int(wanted[row])
         vals = values[a:b]
-        finite = np.isfinite(vals)
-        if int(finite.sum()) <= take:
-            chosen[a:b] = finite
-            continue
         threshold = np.partition(vals, len(vals) - take)[len(vals) - take]
         above = vals > threshold
         tied = vals == threshold
         chosen[a:b] = above | (tied & (np.cumsum(tied) <= take - int(above.sum())))
+    if not len(dense_rows):
+        return chosen
+    bucket = np.ceil(np.log2(lengths[dense_rows])).astype(np.int64)
+    for b in np.unique(bucket):
+        rows = dense_rows[bucket == b]
+        width = int(lengths[rows].max())
+        entry = indptr[rows][:, None] + np.arange(width)
+        inside = np.arange(width) < lengths[rows][:, None]
+        dense = np.where(inside, values[np.where(inside, entry, 0)], -np.inf)
+        dense = np.where(np.isfinite(dense), dense, -np.inf)
+        take = wanted[rows]
+        most = int(take.max())  # partition to the widest ask, sort only that head
+        head = -np.sort(np.partition(-dense, most - 1, axis=1)[:, :most], axis=1)
+        threshold = head[np.arange(len(rows)), take - 1]
+        above = dense > threshold[:, None]
+        tied = dense == threshold[:, None]
+        keep = above | (tied & (np.cumsum(tied, axis=1) <= (take - above.sum(axis=1))[:, None]))
+        chosen[entry[keep & inside]] = True
     return chosen

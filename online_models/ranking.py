@@ -27,7 +27,14 @@ def heard(slots: np.ndarray, keys: np.ndarray, seen_slots: np.ndarray, seen_keys
     """Boolean per pair: True where user ``slots[i]`` has song ``keys[i]`` in their seen set."""
     if len(seen_slots) == 0 or len(keys) == 0:
         return np.zeros(len(keys), dtype=bool)
-    return np.isin(_slot_key_codes(slots, keys), _slot_key_codes(seen_slots, seen_keys))
+    seen = _slot_key_codes(seen_slots, seen_keys)
+    if len(seen) > 1 and (seen[1:] < seen[:-1]).any():
+        seen = np.sort(seen)
+    # one binary search per pair against the seen codes (usually in order already, by user then
+    # song), where isin would sort both sides together on every call
+    codes = _slot_key_codes(slots, keys)
+    pos = np.minimum(np.searchsorted(seen, codes), len(seen) - 1)
+    return seen[pos] == codes
 
 
 def mask_seen(cand_keys: np.ndarray, seen_slots: np.ndarray, seen_keys: np.ndarray) -> np.ndarray:

@@ -125,7 +125,7 @@ def recommend(state: OnlineState, served: Served[ServingModel] | None, users: np
                    np.full(keys.shape, None, dtype=object), version)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ServedPool:
     """The pool behind the latest lists served, and the histories and version it was computed from:
     when one of these users plays next, that pool is exactly what the play chose from."""
@@ -134,15 +134,6 @@ class ServedPool:
     stamps: np.ndarray
     served: Served[ServingModel] | None
     pool: Pool
-
-    def rows_of(self, users: np.ndarray, stamps: np.ndarray, served: Served[ServingModel] | None) -> np.ndarray:
-        """Each user's row in this pool, -1 where absent or where their history has moved since."""
-        if self.served is not served or not len(self.users):
-            return np.full(len(users), -1, np.int64)
-        order = np.argsort(self.users)
-        pos = np.minimum(np.searchsorted(self.users[order], users), len(order) - 1)
-        row = order[pos]
-        return np.where((self.users[row] == users) & (self.stamps[row] == stamps), row, -1)
 
 
 class ServedPools:
@@ -154,32 +145,44 @@ class ServedPools:
         self.max_users = max_users
         self._pools: deque[ServedPool] = deque()
         self._users = 0
+        # user -> (pool, row) of their newest pool: one lookup per user, not one sorted search per pool
+        self._latest: dict[object, tuple[ServedPool, int]] = {}
 
     def add(self, pool: ServedPool) -> None:
         self._pools.append(pool)
         self._users += len(pool.users)
+        self._latest.update(zip(pool.users.tolist(), ((pool, row) for row in range(len(pool.users))), strict=True))
         while len(self._pools) > 1 and self._users > self.max_users:
-            self._users -= len(self._pools.popleft().users)
+            old = self._pools.popleft()
+            self._users -= len(old.users)
+            for user in old.users.tolist():
+                if (entry := self._latest.get(user)) is not None and entry[0] is old:
+                    del self._latest[user]
 
     def clear(self) -> None:
         self._pools.clear()
+        self._latest.clear()
         self._users = 0
 
     def find(self, users: np.ndarray, stamps: np.ndarray, served: Served[ServingModel] | None
              ) -> list[tuple[Pool, np.ndarray, np.ndarray]]:
         """(pool, indices into ``users``, rows in that pool) for users served since their history last
-        moved, newest pool first."""
-        found = []
-        left = np.arange(len(users))
-        for entry in reversed(self._pools):
-            if not len(left):
-                break
-            rows = entry.rows_of(users[left], stamps[left], served)
-            hit = rows >= 0
-            if hit.any():
-                found.append((entry.pool, left[hit], rows[hit]))
-                left = left[~hit]
-        return found
+        moved (from the newest pool that served them), newest pool first."""
+        get = self._latest.get
+        hits: dict[int, tuple[ServedPool, list[int], list[int]]] = {}
+        for i, (user, stamp) in enumerate(zip(users.tolist(), stamps.tolist(), strict=True)):
+            entry = get(user)
+            if entry is None:
+                continue
+            pool, row = entry
+            if pool.served is not served or pool.stamps[row] != stamp:
+                continue
+            hit = hits.setdefault(id(pool), (pool, [], []))
+            hit[1].append(i)
+            hit[2].append(row)
+        order = {id(p): n for n, p in enumerate(self._pools)}
+        return [(pool.pool, np.array(idx, np.int64), np.array(rows, np.int64))
+                for pool, idx, rows in sorted(hits.values(), key=lambda h: -order[id(h[0])])]
 
 
 def learn_ranker(state: OnlineState, served: Served[ServingModel] | None, events: EventBatch,

@@ -2,7 +2,7 @@
 
 Updated a batch at a time: new plays are grouped by user with one sort, each user's previous window
 and new plays are laid out in one flat array, and the (earlier song, later song, distance) pairs of
-every new play are read off that array with one vectorised step per distance.
+every new play are read off that array in one vectorised step.
 """
 
 from __future__ import annotations
@@ -82,15 +82,13 @@ class RecentPlays:
         rank = np.arange(len(order)) - np.r_[0, np.cumsum(counts)[:-1]][inv[order]]
         where = start[inv[order]] + self.length + rank  # flat position of each new play, by user
         flat[where] = keys[order]
-        pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        for d in range(1, window + 1):
-            prev = flat[where - d]  # never crosses into another user's block: d <= length
-            ok = prev != PAD
-            pairs.append((prev[ok], keys[order][ok], np.full(int(ok.sum()), d, np.int64), order[ok]))
+        # (play, distance) grid, distance-major so pairs come out nearest first; a distance <= length
+        # never reaches into another user's block
+        distance = np.arange(1, window + 1)[:, None]
+        prev = flat[where[None, :] - distance]
+        d, play = np.nonzero(prev != PAD)
         ends = start + block
         for i, user in enumerate(touched.tolist()):
             tail = flat[max(ends[i] - self.length, start[i]):ends[i]]
             self._seqs[user] = tail[tail != PAD].copy()
-        if not pairs:
-            return PlayPairs(empty, empty, empty, empty)
-        return PlayPairs(*(np.concatenate([p[j] for p in pairs]) for j in range(4)))
+        return PlayPairs(prev[d, play], keys[order][play], (d + 1).astype(np.int64), order[play])

@@ -91,6 +91,18 @@ def import_lastfm_cmd(directory: Annotated[Path, typer.Argument(help="hetrec2011
                   f"skipped {r.skipped} tag rows dated before 2005 (known bogus dates)")
 
 
+@import_app.command("movielens")
+def import_movielens_cmd(directory: Annotated[Path, typer.Argument(help="ml-latest-small directory")],
+                         out: Annotated[Path, typer.Option(help="Output directory")] = Path("musicrec-data/imports"),
+                         ) -> None:
+    """MovieLens ratings: rating <= 2 stars -> skip, above -> play, at the rating's second; films -> catalog."""
+    from offline.importers import import_movielens
+
+    r = import_movielens(directory, out)
+    console.print(f"{r.n_events} events of {r.n_users} users on {r.n_songs} films -> {r.events_path}\n"
+                  f"catalog -> {r.catalog_path}")
+
+
 @import_app.command("spotify")
 def import_spotify_cmd(csv: Annotated[Path, typer.Argument(help="spotify_songs.csv")],
                        out: Annotated[Path, typer.Option(help="Output directory")] = Path("musicrec-data/imports"),

@@ -40,6 +40,11 @@ def spotify_csv(data_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def movielens_dir(data_root: Path) -> Path:
+    return data_root / "movielens-latest-small"
+
+
+@pytest.fixture(scope="session")
 def lastfm_import(tmp_path_factory: pytest.TempPathFactory, lastfm_dir: Path):  # type: ignore[no-untyped-def]
     from offline.importers import import_lastfm
 

@@ -11,7 +11,8 @@ import pytest
 from offline.compaction import compact, compact_own
 from offline.eventfile import BadInputFile, read_event_file, write_event_file
 from offline.eventlog import EventLog
-from offline.importers import import_spotify
+from offline.importers import import_movielens, import_spotify
+from online_models.batch import SKIP
 from tests.synthetic import synthetic_log
 
 
@@ -88,6 +89,33 @@ def test_lastfm_import(lastfm_import) -> None:  # type: ignore[no-untyped-def]
     assert len(np.unique(batch.event_ids)) == len(batch)
     plays = pq.read_table(r.extra["plays"])
     assert plays.num_rows == 92834
+
+
+def test_movielens_import_known_answers(tmp_path: Path) -> None:
+    src = tmp_path / "ml"
+    src.mkdir()
+    (src / "ratings.csv").write_text("userId,movieId,rating,timestamp\n"
+                                     "2,10,2.0,300\n1,10,4.5,100\n1,20,0.5,200\n2,20,2.5,300\n")
+    (src / "movies.csv").write_text('movieId,title,genres\n10,"Heat, The (1995)",Action|Crime\n'
+                                    "20,Up (2009),Animation\n")
+    r = import_movielens(src, tmp_path / "out")
+    assert (r.n_events, r.n_users, r.n_songs) == (4, 2, 2)
+    batch, skipped = read_event_file(r.events_path)
+    assert skipped == 0
+    # time order, ties by user then film; 2 stars and below are skips
+    assert list(batch.user_ids) == ["1", "1", "2", "2"] and list(batch.song_ids) == ["10", "20", "10", "20"]
+    assert list(batch.ts) == [100.0, 200.0, 300.0, 300.0]
+    assert list(batch.kinds == SKIP) == [False, True, True, False]
+    catalog = pq.read_table(r.catalog_path).to_pylist()
+    assert [(c["title"], c["genre"]) for c in catalog] == [("Heat, The (1995)", "Action"), ("Up (2009)", "Animation")]
+
+
+def test_movielens_import_real_file(movielens_dir: Path, tmp_path: Path) -> None:
+    r = import_movielens(movielens_dir, tmp_path)
+    assert (r.n_events, r.n_users) == (100_004, 671)
+    batch, _ = read_event_file(r.events_path)
+    assert (np.diff(batch.ts) >= 0).all() and len(np.unique(batch.event_ids)) == len(batch)
+    assert 0.05 < (batch.kinds == SKIP).mean() < 0.3
 
 
 def test_spotify_import(spotify_csv: Path, tmp_path: Path) -> None:

@@ -47,6 +47,9 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     text = README.read_text()
     missing = [env for _, _, env, _, _, _ in declared() if f"`{env}`" not in text]
     assert not missing, f"README lacks: {missing}"
+    # each row as `musicrec config --markdown` prints it: defaults and docs in step with the code
+    stale = [env for _, _, env, default, _, doc in declared() if f"| `{env}` | `{default}` | {doc} |" not in text]
+    assert not stale, f"README rows out of date (regenerate with musicrec config --markdown): {stale}"
 
 
 def test_every_kafka_client_gets_the_same_credentials() -> None:

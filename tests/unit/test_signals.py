@@ -138,3 +138,20 @@ def test_ranker_ignores_plays_outside_the_candidates_and_checks_shapes() -> None
         ranker.score(np.ones((2, 4, 2)), np.array([0, 5]))
     with pytest.raises(ValueError):
         Ranker(3, buckets=(5, 2))
+
+
+def test_top_per_row_matches_a_plain_sort_on_short_and_long_rows_with_ties() -> None:
+    from online_models.cooc import _top_per_row
+
+    rng = np.random.default_rng(3)
+    lengths = np.array([0, 3, 40, 700, 5, 1200, 64])  # padded and one-at-a-time rows both
+    indptr = np.r_[0, np.cumsum(lengths)]
+    values = rng.integers(-1, 6, indptr[-1]).astype(float)  # many ties
+    values[values < 0] = -np.inf
+    wanted = np.array([2, 5, 7, 30, 0, 11, 64])
+    chosen = _top_per_row(indptr, values, wanted)
+    for row, take in enumerate(wanted.tolist()):
+        a, b = indptr[row], indptr[row + 1]
+        finite = [i for i in range(a, b) if np.isfinite(values[i])]
+        expected = sorted(finite, key=lambda i: (-values[i], i))[:take]
+        assert sorted(np.flatnonzero(chosen[a:b]) + a) == sorted(expected), row
