@@ -9,6 +9,7 @@ redelivered by Kafka after a crash is counted once.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import uuid
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -28,6 +30,8 @@ from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
 from online_models.interactions import Interactions
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class LogRange:
@@ -36,6 +40,25 @@ class LogRange:
     n_songs: int
     ts_min: float | None
     ts_max: float | None
+
+
+COMPACTION_RETRIES = 3
+
+
+def _survives_compaction(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a read again when a segment it listed was merged away meanwhile (a writer compacting its
+    own segments next to a reader: the merged segment holds the same events under a new name)."""
+    @functools.wraps(method)
+    def read(*args: Any, **kwargs: Any) -> T:
+        for attempt in range(COMPACTION_RETRIES):
+            try:
+                return method(*args, **kwargs)
+            except duckdb.IOException:
+                if attempt == COMPACTION_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return read
 
 
 class EventLog:
@@ -93,6 +116,7 @@ class EventLog:
         assert row is not None
         return LogRange(int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
 
+    @_survives_compaction
     def read(self, since: float | None = None, until: float | None = None,
              exclude_holdout: bool = False) -> EventBatch:
         """Events (deduplicated) with since < ts <= until, in time order. ``exclude_holdout`` drops
@@ -102,6 +126,7 @@ class EventLog:
                             "ms_played, event_id FROM t ORDER BY ts, ingested_at, event_id").to_arrow_table()
         return arrow_to_batch(table)
 
+    @_survives_compaction
     def read_partitions(self, partitions: Iterable[int], partition_of: Callable[[np.ndarray], np.ndarray],
                         window_s: float = 0.0, ttl_s: float = 0.0) -> tuple[EventBatch, np.ndarray]:
         """The events of the users of ``partitions`` (deduplicated, in time order) and each one's
@@ -161,6 +186,7 @@ class EventLog:
         return (f"WITH w AS (SELECT * FROM events {_window(since, until)}), h AS ({self.HOLDOUT_SQL}), "
                 "t AS (SELECT w.* FROM w ANTI JOIN h USING (user_id, song_id))")
 
+    @_survives_compaction
     def recent_event_ids(self, limit: int, partitions: Iterable[int] | None = None,
                          partition_of: Callable[[np.ndarray], np.ndarray] | None = None) -> list[str]:
         """The event_ids of the ``limit`` most recently *ingested* events (of ``partitions``, as

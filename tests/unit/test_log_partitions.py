@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from offline.compaction import compact_own
 from offline.eventlog import EventLog
@@ -96,3 +97,20 @@ def test_key_partitions_match_the_java_clients_murmur2() -> None:
     keys = np.array(list(java), dtype=object)
     for n in (3, 8, 64):
         assert key_partitions(keys, n).tolist() == [(h & 0x7FFFFFFF) % n for h in java.values()]
+
+
+def test_a_read_racing_a_compaction_is_made_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import duckdb
+
+    log = EventLog(tmp_path)
+    log.append(events(["u0", "u1"], [1, 2], "e"), partitions=np.array([0, 1]))
+    connect, calls = log.connect, []
+
+    def vanished_once() -> duckdb.DuckDBPyConnection:
+        calls.append(1)
+        if len(calls) == 1:  # as DuckDB says when a listed segment was merged away meanwhile
+            raise duckdb.IOException('IO Error: Cannot open file "seg-x.parquet": No such file or directory')
+        return connect()
+
+    monkeypatch.setattr(log, "connect", vanished_once)
+    assert log.read_partitions([1], by_parity)[0].event_ids.tolist() == ["e1"] and len(calls) == 2
