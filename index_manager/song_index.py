@@ -142,6 +142,7 @@ class SongIndex:
             raise IndexFailure(f"FAISS index holds {faiss_index.ntotal}x{faiss_index.d}, "
                                f"expected {len(keys)}x{self.dim}")
         self._index = faiss_index
+        self._hidden = np.empty(0, np.int64)  # sorted keys searches never return
 
     def _reindex(self) -> None:
         self._order = np.argsort(self._keys, kind="stable")
@@ -223,10 +224,29 @@ class SongIndex:
             raise IndexFailure(f"FAISS refused {len(keys)} songs: {exc}") from exc
         return keys
 
+    def hide(self, keys: np.ndarray) -> None:
+        """Songs searches no longer return (a takedown); they keep their rows, so a version's
+        factors, names and explanations stay whole. Keys of songs not (yet) here count too."""
+        self._hidden = np.union1d(self._hidden, np.asarray(keys, np.int64))
+
+    def unhide(self, keys: np.ndarray) -> None:
+        self._hidden = np.setdiff1d(self._hidden, np.asarray(keys, np.int64))
+
+    @property
+    def hidden(self) -> np.ndarray:
+        return self._hidden
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` songs per query row: (keys int64 [n,k], scores float32 [n,k]); -1/-inf pad."""
+        """Top-``k`` songs per query row: (keys int64 [n,k], scores float32 [n,k]); -1/-inf pad.
+        Hidden songs are left out (searched past: k plus as many as are hidden)."""
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
+        if len(self._hidden):
+            keys, scores = self._search(queries, k + len(self._hidden))
+            return _drop_keys(keys, scores, self._hidden, k)
+        return self._search(queries, k)
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _check_vectors(queries, self.dim, "queries")
         if len(q) == 0:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
@@ -244,6 +264,16 @@ class SongIndex:
 
     def to_bytes(self) -> bytes:
         return bytes(faiss.serialize_index(self._index))
+
+
+def _drop_keys(keys: np.ndarray, scores: np.ndarray, drop: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row without the keys in sorted ``drop``, order kept, cut (or -1/-inf padded) to ``k``."""
+    pos = np.minimum(np.searchsorted(drop, keys), len(drop) - 1)
+    gone = (drop[pos] == keys) | (keys < 0)
+    order = np.argsort(gone, axis=1, kind="stable")[:, :k]
+    keys = np.take_along_axis(np.where(gone, -1, keys), order, axis=1)
+    scores = np.take_along_axis(np.where(gone, -np.inf, scores), order, axis=1).astype(np.float32)
+    return keys, scores
 
 
 def from_parts(names: np.ndarray, factors: np.ndarray, index_bytes: bytes | None) -> SongIndex:

@@ -1,7 +1,10 @@
-"""Merging the event log's segments: one per worker micro-batch adds up to thousands an hour.
+"""Rewriting the event log's segments: merging them (one per worker micro-batch adds up to thousands
+an hour) and purging forgotten users' events from them.
 
 Readers deduplicate by ``event_id``, so a crash between writing a merged segment and removing its
-parts leaves duplicates that no reader sees.
+parts leaves duplicates that no reader sees; and readers skip forgotten users' events, so a segment
+a purge has not reached yet (or one a concurrent merge wrote from a segment before its purge) shows
+none of them either, until the next purge removes them from disk.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import os
 import time
 from contextlib import closing
+from dataclasses import dataclass
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -32,7 +37,7 @@ def compact_own(log: EventLog, writer: str, min_segments: int = 256, small_bytes
     # long-lived worker, whose resident memory must not ratchet up with every merge
     with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as out:
         for p in own:
-            out.write_table(conform(pq.read_table(p)))
+            out.write_table(_without_void(log, conform(pq.read_table(p))))
     pa.default_memory_pool().release_unused()
     os.replace(tmp, log.root / name)
     for p in own:
@@ -55,3 +60,50 @@ def compact(log: EventLog, min_segments: int = 32) -> int:
     for p in segs:
         p.unlink(missing_ok=True)
     return len(segs)
+
+
+def _without_void(log: EventLog, table: pa.Table) -> pa.Table:
+    void = log.tombstones.void(table.column("user_id").to_numpy(zero_copy_only=False),
+                               table.column("ts").to_numpy(zero_copy_only=False))
+    return table.filter(pa.array(~void)) if void.any() else table
+
+
+@dataclass(frozen=True)
+class Purged:
+    events: int  # events removed from disk
+    segments: int  # segments rewritten (or deleted, when nothing else was in them)
+
+
+def purge_forgotten(log: EventLog, writer: str | None = None) -> Purged:
+    """Rewrite every segment holding a forgotten user's void events without them (each under a
+    temporary name, renamed over the old one); ``writer`` limits this to that writer's segments
+    (a worker purging what it may have appended before it knew of a forget)."""
+    forgotten = log.tombstones.at()
+    segs = log.segments()
+    if writer is not None:
+        segs = [p for p in segs if f"-w{safe_writer(writer)}-" in p.name]
+    if not forgotten or not segs:
+        return Purged(0, 0)
+    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in segs)
+    with closing(duckdb.connect()) as con:
+        con.register("tombstones", pa.table({"user_id": list(forgotten), "at": list(forgotten.values())}))
+        hit = con.execute(f"SELECT r.filename FROM read_parquet([{files}], filename=true, union_by_name=true) r "
+                          "SEMI JOIN tombstones t ON r.user_id = t.user_id AND r.ts <= t.at "
+                          "GROUP BY r.filename").fetchall()
+    removed = rewritten = 0
+    for (name,) in hit:
+        path = log.root / os.path.basename(name)
+        try:
+            table = conform(pq.read_table(path))
+        except FileNotFoundError:  # merged away meanwhile: the merged segment filtered them out
+            continue
+        kept = _without_void(log, table)
+        removed += table.num_rows - kept.num_rows
+        rewritten += 1
+        if kept.num_rows == 0:
+            path.unlink(missing_ok=True)
+            continue
+        tmp = log.root / f".{path.name}.purge.tmp"
+        pq.write_table(kept, tmp, compression="zstd")
+        os.replace(tmp, path)
+    return Purged(removed, rewritten)

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from offline.event_table import arrow_to_batch, batch_to_arrow
 from offline.eventfile import BadInputFile, read_event_file
+from offline.removals import Tombstones
 from online_models.batch import EventBatch
 from online_models.config import OnlineConfig
 from online_models.interactions import Interactions
@@ -66,6 +67,7 @@ class EventLog:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.tombstones = Tombstones(self.root)  # forgotten users' events are never written nor read
 
     def segments(self) -> list[Path]:
         if not self.root.is_dir():
@@ -76,6 +78,11 @@ class EventLog:
         """Write one segment atomically. ``writer`` (a worker's id) marks the segments that writer
         alone may later merge with :meth:`compact_own`; ``partitions`` are the events-topic
         partitions the events came from (none for history imported without Kafka)."""
+        void = self.tombstones.void(batch.user_ids, batch.ts)
+        if void.any():
+            keep = np.flatnonzero(~void)
+            batch = batch.take(keep)
+            partitions = None if partitions is None else np.asarray(partitions)[keep]
         if len(batch) == 0:
             return None
         self.root.mkdir(parents=True, exist_ok=True)
@@ -90,13 +97,20 @@ class EventLog:
         """An in-memory DuckDB connection with views ``raw_events`` and ``events`` (deduplicated)."""
         con = duckdb.connect()
         segs = self.segments()
+        forgotten = self.tombstones.at()
         if segs:
             files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in segs)
             con.execute(f"CREATE VIEW segments AS SELECT * FROM read_parquet([{files}], union_by_name=true)")
             columns = {row[0] for row in con.execute("DESCRIBE segments").fetchall()}
             # a log written before events recorded their partition has no such column at all
             extra = "" if "kafka_partition" in columns else ", CAST(NULL AS INTEGER) AS kafka_partition"
-            con.execute(f"CREATE VIEW raw_events AS SELECT *{extra} FROM segments")
+            source = f"(SELECT *{extra} FROM segments)"
+            if forgotten:
+                # a segment being rewritten by a purge still holds them: they are void all the same
+                con.register("tombstones", pa.table({"user_id": list(forgotten), "at": list(forgotten.values())}))
+                source = (f"(SELECT r.* FROM {source} r ANTI JOIN tombstones t "
+                          "ON r.user_id = t.user_id AND r.ts <= t.at)")
+            con.execute(f"CREATE VIEW raw_events AS SELECT * FROM {source}")
         else:
             con.execute("CREATE TABLE raw_events (user_id VARCHAR, song_id VARCHAR, event VARCHAR, ts DOUBLE, "
                         "ms_played BIGINT, event_id VARCHAR, ingested_at DOUBLE, kafka_partition INTEGER)")

@@ -28,7 +28,7 @@ def explain(state: OnlineState, served: Served[ServingModel] | None, users: np.n
     index = served.model.index
     rows = state.history.gather(users)
     item_rows = index.rows(rows.keys)
-    ok = (item_rows >= 0) & (rows.pos > rows.neg)
+    ok = (item_rows >= 0) & (rows.pos > rows.neg) & ~state.hidden.mask(rows.keys)  # a hidden song is never named
     slots, item_rows, last = rows.slots[ok], item_rows[ok], rows.last_ts[ok]
     order = np.lexsort((-last, slots))
     slots, item_rows = slots[order], item_rows[order]
@@ -52,7 +52,7 @@ def explain(state: OnlineState, served: Served[ServingModel] | None, users: np.n
 def popular_list(state: OnlineState, served: Served[ServingModel] | None, k: int) -> RecList:
     """The cold-start list: the ``k`` most popular songs now (one row)."""
     ladder = state.popularity
-    keys = ladder.top(k, ladder.best)
+    keys = state.top_popular(k)
     counts = ladder.scores(keys)[:, ladder.best] if len(keys) else np.empty(0)
     row_k = np.full((1, k), -1, np.int64)
     row_s = np.full((1, k), -np.inf, np.float32)

@@ -64,8 +64,7 @@ class Pool:
 def _popular(state: OnlineState, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The most popular songs at the half-life that predicts best, and each one's rank. (The other
     half-lives' top songs add nothing here: measured on the early half of both logs.)"""
-    ladder = state.popularity
-    top = ladder.top(int(widths.max(initial=0)), ladder.best)
+    top = state.top_popular(int(widths.max(initial=0)))
     return top, np.arange(len(top))
 
 
@@ -126,6 +125,8 @@ def pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndar
     allowed = eligible & ~repeats(distinct)
     if not config.relisten:
         allowed &= ~mask_seen(keys, heard_slots, heard_keys)
+    if len(state.hidden):
+        allowed &= ~state.hidden.mask(keys)
     return Pool(keys, allowed, _signals(state, model, vectors, keys, len(pop_keys), query), sizes, known)
 
 

@@ -79,13 +79,6 @@ class HistoryStore:
         return np.fromiter((len(r[0]) if (r := get(u)) is not None else 0 for u in users),
                            dtype=np.int64, count=len(users))
 
-    def drop(self, users: np.ndarray) -> None:
-        """Forget these users' histories entirely (their stamps too: a user seen again starts anew)."""
-        for user in users:
-            self._rows.pop(user, None)
-            self._forgotten.pop(user, None)
-            self._stamps.pop(user, None)
-
     def inactive(self, before: float) -> np.ndarray:
         """Users whose latest event is older than ``before``."""
         return np.asarray([u for u, r in self._rows.items() if r[4] < before], dtype=object)
@@ -138,6 +131,16 @@ class HistoryStore:
                 row = tuple(col[keep] for col in row)  # type: ignore[assignment]
             self._rows[user] = (*row, float(ref[i]))
         return touched
+
+    def drop_users(self, users: np.ndarray) -> int:
+        """Erase users' histories entirely (a forgotten user); returns how many had one. A later
+        event starts a new history."""
+        dropped = 0
+        for user in users:
+            dropped += self._rows.pop(user, None) is not None
+            self._forgotten.pop(user, None)
+            self._stamps.pop(user, None)
+        return dropped
 
     def gather(self, users: np.ndarray, decay_to: np.ndarray | None = None) -> UserRows:
         """Concatenated rows of ``users``; weights decayed to ``decay_to`` (default: each user's

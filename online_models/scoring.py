@@ -227,6 +227,14 @@ def _lesson(state: OnlineState, p: Pool, rows: np.ndarray, played: np.ndarray) -
     return state.ranker.learn(p.features[rows], p.allowed[rows], chosen, p.sizes[rows])
 
 
+def _forgotten_since(state: OnlineState, model: ServingModel, users: np.ndarray) -> np.ndarray:
+    """Users forgotten after ``model``'s training data ends: its row for them is their erased past."""
+    if not state.forgotten:
+        return np.zeros(len(users), bool)
+    get = state.forgotten.get
+    return np.fromiter((get(u, -np.inf) > model.trained_until for u in users), bool, count=len(users))
+
+
 def _rank(state: OnlineState, model: ServingModel | None, users: np.ndarray, p: Pool, scores: np.ndarray,
           k: int) -> tuple[np.ndarray, np.ndarray]:
     """Take the top of the allowed candidates, re-rank (NeuMF) and diversify (MMR); k per user."""
@@ -237,7 +245,8 @@ def _rank(state: OnlineState, model: ServingModel | None, users: np.ndarray, p: 
     if model is not None and ranker is not None:
         # users NeuMF was trained on whose lists are mostly collaborative: it knows enough of their songs
         n0 = state.config.cold_start_events
-        use = np.flatnonzero((ranker.user_rows(users) >= 0) & (p.known >= max(n0, 1e-9)))
+        use = np.flatnonzero((ranker.user_rows(users) >= 0) & (p.known >= max(n0, 1e-9))
+                             & ~_forgotten_since(state, model, users))
         keys, top = rerank(model, users, keys, top, use, depth)
     if model is not None and diverse:
         keys, top = mmr(keys, top, model.index, state.config.diversity, k)

@@ -50,9 +50,33 @@ class VectorCache:
     def clear(self) -> None:
         self._entries.clear()
 
-    def drop(self, users: np.ndarray) -> None:
+    def discard(self, users: np.ndarray) -> None:
         for user in users:
             self._entries.pop(user, None)
+
+
+class HiddenKeys:
+    """Song keys no list may contain (a takedown, an expired licence), sorted."""
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, keys: np.ndarray) -> None:
+        self.keys = np.union1d(self.keys, np.asarray(keys, np.int64))
+
+    def remove(self, keys: np.ndarray) -> None:
+        self.keys = np.setdiff1d(self.keys, np.asarray(keys, np.int64))
+
+    def mask(self, keys: np.ndarray) -> np.ndarray:
+        """True where a key (any shape) is hidden."""
+        keys = np.asarray(keys, np.int64)
+        if not len(self.keys):
+            return np.zeros(keys.shape, bool)
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[pos] == keys
 
 
 class OnlineState:
@@ -70,6 +94,9 @@ class OnlineState:
         self.ranker = new_ranker(config)
         self.names: dict[int, str] = {}
         self.vectors = VectorCache(config.vector_cache)
+        self.hidden = HiddenKeys()
+        # forgotten user -> when: a version trained before that still holds their old row
+        self.forgotten: dict[str, float] = {}
 
     def __len__(self) -> int:
         """Users with a history."""
@@ -90,13 +117,30 @@ class OnlineState:
             self.cooc.learn_events(self.recent, part, self.config.skip_weight)
         return self.history.update(events)
 
+    def top_popular(self, n: int) -> np.ndarray:
+        """Keys of the ``n`` most popular visible songs at the rung that predicts best."""
+        ladder = self.popularity
+        top = ladder.top(n + len(self.hidden), ladder.best)
+        return top[~self.hidden.mask(top)][:n]
+
+    def forget(self, users: np.ndarray, at: float) -> int:
+        """Erase users' per-user state (history, recent plays, cached vectors); their past votes in
+        the song-side aggregates (popularity, co-occurrence) stay. Returns how many were known."""
+        users = np.asarray(users, dtype=object)
+        dropped = self.history.drop_users(users)
+        self.recent.forget(users)
+        self.vectors.discard(users)
+        for user in users.tolist():
+            self.forgotten[user] = max(self.forgotten.get(user, at), at)
+        return dropped
+
     def drop(self, users: np.ndarray) -> None:
         """Forget everything learnt per user about ``users`` (a worker no longer holding their
         partition, or users inactive too long). What they taught the shared signals (song
         popularity, co-occurrence, the ranker) stays: it is about songs, not about them."""
-        self.history.drop(users)
+        self.history.drop_users(users)
         self.recent.forget(users)
-        self.vectors.drop(users)
+        self.vectors.discard(users)
 
     def names_of(self, keys: np.ndarray, index: SongIndex | None) -> np.ndarray:
         """Song names of keys: the served index's, then those learnt from events (songs newer than

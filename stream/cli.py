@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from stream.cli_ops import doctor, versions_app
+from stream.cli_ops import doctor, songs_app, users_app, versions_app
 from stream.settings import Settings, declared, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,6 +23,8 @@ app.add_typer(import_app, name="import")
 ab_app = typer.Typer(no_args_is_help=True, help="A/B test a model version against the published one.")
 app.add_typer(ab_app, name="ab")
 app.add_typer(versions_app, name="versions")
+app.add_typer(songs_app, name="songs")
+app.add_typer(users_app, name="users")
 app.command("doctor")(doctor)
 console = Console()
 err = Console(stderr=True)
@@ -238,13 +240,15 @@ def status(check: Annotated[bool, typer.Option(help="health check: exit 1 unless
         return
     console.print(f"published model: {published or 'none'}")
     table = Table(title="workers")
-    for col in ("worker", "version", "partitions", "events", "refused (DLQ)", "users", "RSS MiB", "last batch ms",
-                "catalog lag ms", "age s"):
+    for col in ("worker", "version", "partitions", "events", "refused (DLQ)", "void", "users", "RSS MiB",
+                "lists backfilled (pending)", "last batch ms", "catalog lag ms", "age s"):
         table.add_column(col)
     for s in workers:
         table.add_row(s["worker"], str(s["version"]), ",".join(map(str, s.get("partitions", []))), str(s["events"]),
-                      str(s["refused"]), str(s["users"]), f"{s.get('rss_mb', 0.0):.0f}", f"{s['last_batch_ms']:.1f}",
-                      f"{s.get('catalog_lag_ms', 0.0):.0f}", f"{time.time() - s['updated_at']:.0f}")
+                      str(s["refused"]), str(s.get("events_void", 0)), str(s["users"]), f"{s.get('rss_mb', 0.0):.0f}",
+                      f"{s.get('lists_backfilled', 0)} ({s.get('backfill_pending', 0)})",
+                      f"{s['last_batch_ms']:.1f}", f"{s.get('catalog_lag_ms', 0.0):.0f}",
+                      f"{time.time() - s['updated_at']:.0f}")
     console.print(table)
 
 

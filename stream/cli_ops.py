@@ -59,3 +59,44 @@ def doctor() -> None:
         console.print(c.line(), style=style, soft_wrap=True, markup=False, highlight=False)
     if any(c.status == FAIL for c in checks):
         raise typer.Exit(1)
+
+
+songs_app = typer.Typer(no_args_is_help=True, help="Hide songs from every list (takedowns, expired licences).")
+users_app = typer.Typer(no_args_is_help=True, help="Forget users (deletion requests).")
+SongIds = Annotated[list[str], typer.Argument(help="song ids")]
+
+
+def _set_hidden(song_ids: list[str], hidden: bool) -> None:
+    from stream.removals import set_hidden
+
+    settings = load_settings()
+    set_hidden(settings.stream, song_ids, hidden)
+    console.print(f"{'hidden' if hidden else 'shown again'}: {len(song_ids)} songs; running workers apply it "
+                  f"within a second (recorded in {settings.stream.catalog_dir})")
+
+
+@songs_app.command("hide")
+def songs_hide(song_ids: SongIds) -> None:
+    """Hide songs: gone from every stored list within seconds, from new lists and from searches,
+    across restarts and retrains, until unhidden."""
+    _set_hidden(song_ids, True)
+
+
+@songs_app.command("unhide")
+def songs_unhide(song_ids: SongIds) -> None:
+    """Let hidden songs back into lists (as lists are next written)."""
+    _set_hidden(song_ids, False)
+
+
+@users_app.command("forget")
+def users_forget(user_ids: Annotated[list[str], typer.Argument(help="user ids")]) -> None:
+    """Erase users: their lists in Redis, their events in the log (segments rewritten), their online
+    state in every worker within a second, and their rows in every later model version."""
+    from stream.redis_store import connect
+    from stream.removals import forget_users
+
+    cfg = load_settings().stream
+    done = forget_users(cfg, connect(cfg.redis_url), user_ids)
+    console.print(f"forgot {len(done.user_ids)} users: {done.lists_deleted} lists deleted, {done.events_purged} "
+                  f"events purged from {done.segments_rewritten} log segments; workers erase their online "
+                  "state within a second")

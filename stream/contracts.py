@@ -110,6 +110,9 @@ def song_schema() -> dict[str, Any]:
                          "description": "content features, name -> finite number (the audio features of the "
                                         "catalog the model was trained on)"},
             "ts": {**_ts_schema("when the song was published"), "description": "unix seconds; default: receipt"},
+            "hidden": {"type": "boolean",
+                       "description": "true hides the song from every list (a takedown), false shows it again; "
+                                      "a message of only song_id, hidden and ts changes nothing else"},
         },
     }
 

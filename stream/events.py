@@ -7,7 +7,12 @@ Listening event (topic ``music.events``, key = user_id)::
 
 Catalog event (topic ``music.songs``, key = song_id)::
 
-    {"song_id": str, "title": str, "artist": str, "genre": str?, "features": {name: float}?, "ts": float}
+    {"song_id": str, "title": str, "artist": str, "genre": str?, "features": {name: float}?, "ts": float,
+     "hidden": bool?}
+
+or, to hide a song from every list (or show it again) without touching its catalog row::
+
+    {"song_id": str, "hidden": bool, "ts": float?}
 """
 
 from __future__ import annotations
@@ -208,6 +213,11 @@ class Song:
     genre: str | None
     features: dict[str, float]
     ts: float
+    hidden: bool | None = None  # a visibility request: true hides the song from every list, false shows it
+    visibility_only: bool = False  # no catalog fields: only ``hidden`` (the row in the catalog is kept)
+
+
+_VISIBILITY_FIELDS = {"song_id", "hidden", "ts"}
 
 
 def parse_song(raw: bytes, key: bytes | None = None, now: float | None = None) -> Song:
@@ -242,12 +252,19 @@ def parse_song(raw: bytes, key: bytes | None = None, now: float | None = None) -
     ts = _check_ts(obj.get("ts", now), now)
     if key is not None and key != song.encode("utf-8"):
         raise InvalidEvent("message key must equal song_id")
-    return Song(song, title, artist, genre, clean, ts)
+    hidden = obj.get("hidden")
+    if hidden is not None and not isinstance(hidden, bool):
+        raise InvalidEvent("hidden must be true, false or absent")
+    return Song(song, title, artist, genre, clean, ts, hidden, hidden is not None and set(obj) <= _VISIBILITY_FIELDS)
 
 
 def encode_song(song: Song) -> bytes:
-    obj = {"song_id": song.song_id, "title": song.title, "artist": song.artist, "genre": song.genre,
-           "features": song.features, "ts": song.ts}
+    obj: dict[str, Any] = {"song_id": song.song_id, "title": song.title, "artist": song.artist,
+                           "genre": song.genre, "features": song.features, "ts": song.ts}
+    if song.visibility_only:
+        obj = {"song_id": song.song_id, "hidden": bool(song.hidden), "ts": song.ts}
+    elif song.hidden is not None:
+        obj["hidden"] = song.hidden
     data = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
     parse_song(data)
     return data

@@ -277,6 +277,27 @@ class RecsWriter:
         return now
 
 
+    def delete(self, users: Sequence[str]) -> int:
+        """Remove users' lists (a forgotten user); returns how many existed."""
+        if not len(users):
+            return 0
+        with translate_errors("deleting recommendations"):
+            return int(self.client.delete(*[self.keys.recs(u) for u in users]))
+
+    def holding(self, users: Sequence[str], song_ids: Sequence[str], chunk: int = 1000) -> list[str]:
+        """Those of ``users`` whose stored list holds any of ``song_ids`` (read in MGETs of ``chunk``;
+        matched on the bytes :func:`encode_value` writes, without parsing)."""
+        needles = [b'"song_id":' + orjson.dumps(s) + b"," for s in song_ids]
+        found: list[str] = []
+        for start in range(0, len(users), chunk):
+            part = list(users[start:start + chunk])
+            with translate_errors("reading recommendations"):
+                values = self.client.mget([self.keys.recs(u) for u in part])
+            found += [u for u, raw in zip(part, values, strict=True)
+                      if raw is not None and any(n in raw for n in needles)]
+        return found
+
+
 class RecsClient:
     """What a reading service uses: ``get`` / ``get_many`` with a popularity fallback."""
 
@@ -313,6 +334,26 @@ class RecsClient:
             else:
                 out.append(None)
         return out
+
+
+    def get_excluding(self, user_id: str, k: int, exclude: set[str]) -> Recs | None:
+        """``user_id``'s list without the songs in ``exclude``, refilled to ``k`` from the rest of the
+        stored list (``MUSICREC_K`` songs), then from the popular list; None when nothing is stored."""
+        if not 0 < k <= MAX_K:
+            raise ValueError(f"k must be within 1..{MAX_K}, got {k}")
+        with translate_errors("reading recommendations"):
+            raw, popular = self.client.mget([self.keys.recs(user_id), self.keys.popular()])
+        if raw is not None:
+            base = Recs.decode(raw)
+        elif popular is not None:
+            base = Recs.decode(popular, fallback=True)
+        else:
+            return None
+        items = [i for i in base.items if i["song_id"] not in exclude][:k]
+        if len(items) < k and raw is not None and popular is not None:
+            taken = exclude | {i["song_id"] for i in items}
+            items += [i for i in Recs.decode(popular).items if i["song_id"] not in taken][:k - len(items)]
+        return replace(base, items=items)
 
 
 class RedisPointer:

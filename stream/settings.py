@@ -50,6 +50,7 @@ class StreamConfig:
     model_poll: float = setting(2.0, "MUSICREC_MODEL_POLL", "Seconds between a worker's checks for a newly published model version or A/B test.", gt=0)
     warmup_events: int = setting(20_000, "MUSICREC_WARMUP_EVENTS", "Latest logged events a starting worker replays as a live stream (their users' lists, then the events) so the ranker relearns its weights; the rest of the log is folded in directly. A worker restoring k of n partitions replays k/n of them (its share of the stream).", ge=0)
     state_ttl: float = setting(0.0, "MUSICREC_STATE_TTL", "Days without an event (in event time: behind the newest event a worker has seen) after which a user's online state is evicted and not restored; 0 = never. Their list stays in Redis.", ge=0)
+    backfill_batch: int = setting(32, "MUSICREC_BACKFILL_BATCH", "Users per batch of lists a worker writes for users without new events (every known user at start and after a swap; lists holding a newly hidden song), each followed by a pause as long, so events keep flowing (32: ~50 ms each on Last.fm here).", gt=0)
     kafka_security_protocol: str = setting("PLAINTEXT", "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     kafka_sasl_mechanism: str = setting("", "KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.")
     kafka_sasl_username: str = setting("", "KAFKA_SASL_USERNAME", "SASL user name.")

@@ -36,7 +36,9 @@ from stream.api.schemas import (
     AbOut,
     ErrorOut,
     EventsAccepted,
+    ForgottenOut,
     HealthOut,
+    HiddenOut,
     OverviewOut,
     RecsBatchOut,
     Responses,
@@ -155,8 +157,17 @@ def _add_routes(app: FastAPI, settings: Settings) -> None:
     add("/recs/{user_id:path}", routes.get_recs, "read", {**BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE})
     add("/similar/{song_id:path}", routes.get_similar, "read", {
         **BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE,
-        404: {"model": ErrorOut, "description": "song not in the published version, or no version published"}})
+        404: {"model": ErrorOut, "description": "song not in the published version, hidden, or no version published"}})
     add("/users/{user_id:path}/events", routes.get_user_events, "read", {**BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE})
+    # DELETE /users/{id}/events is not a forget of user "{id}/events" (the :path converter would say so)
+    app.add_api_route("/users/{user_id:path}/events", routes.not_allowed(["GET"]), methods=["DELETE"],
+                      include_in_schema=False)
+    add("/users/{user_id:path}", routes.forget_user, "removals", {**BAD_ID, **UNAVAILABLE}, method="DELETE",
+        response_model=ForgottenOut)
+    add("/songs/{song_id:path}/hide", routes.hide_song, "removals", {**BAD_ID, **UNAVAILABLE}, method="POST",
+        response_model=HiddenOut)
+    add("/songs/{song_id:path}/unhide", routes.unhide_song, "removals", {**BAD_ID, **UNAVAILABLE}, method="POST",
+        response_model=HiddenOut)
     add("/events", ingest.post_events, "ingest", {**BAD_BODY, **TOO_LARGE, **UNAVAILABLE}, method="POST",
         status_code=202, response_model=EventsAccepted,
         openapi_extra=ingest.request_body(ingest.events_body_schema(max_batch)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import closing
 from typing import Annotated, Any
 
@@ -19,12 +20,21 @@ from offline.eventlog import EventLog
 from online_models.event_rules import MAX_ID_CHARS
 from stream.api.prometheus import CONTENT_TYPE
 from stream.api.rates import STATS_STALE_S
-from stream.api.schemas import LoggedEvent, RecsOut, SimilarItem, SimilarOut, UserEventsOut
+from stream.api.schemas import (
+    ForgottenOut,
+    HiddenOut,
+    LoggedEvent,
+    RecsOut,
+    SimilarItem,
+    SimilarOut,
+    UserEventsOut,
+)
 from stream.api.state import ApiState, recs_json, state_of
 from stream.contracts import id_pattern
 from stream.errors import ServiceUnavailable
 from stream.events import check_id
 from stream.redis_store import translate_errors
+from stream.removals import forget_users, set_hidden
 
 # songs per response: a stored list holds MUSICREC_K songs (so a larger k returns them all), and
 # /similar searches the index once per request
@@ -42,13 +52,60 @@ SongId = Annotated[str, PathParam(**_ID)]
 Page = Annotated[int, Query(ge=1, le=MAX_PAGE, description="songs to return")]
 
 
-def get_recs(request: Request, user_id: UserId,
-             k: Page = 10) -> RecsOut:
+MAX_EXCLUDE = 100
+Exclude = Annotated[str | None, Query(max_length=MAX_EXCLUDE * (MAX_ID_CHARS + 1), description=(
+    f"comma-separated song ids (at most {MAX_EXCLUDE}) to leave out of this answer; the list is refilled from "
+    "the rest of the user's stored candidates, then the popular list"))]
+
+
+def get_recs(request: Request, user_id: UserId, k: Page = 10, exclude: Exclude = None) -> RecsOut:
     """A user's current recommendations with explanations (popularity for users without a list)."""
     state = state_of(request)
     check_id(user_id, "user_id")
+    if exclude:
+        songs = [s for s in exclude.split(",") if s]
+        if len(songs) > MAX_EXCLUDE:
+            raise HTTPException(422, f"exclude: at most {MAX_EXCLUDE} song ids, got {len(songs)}")
+        return RecsOut(**recs_json(user_id, state.recs_client().get_excluding(user_id, k, set(songs))))
     recs, _ = state.read_recs(user_id, k)
     return RecsOut(**recs_json(user_id, recs))
+
+
+def hide_song(request: Request, song_id: SongId) -> HiddenOut:
+    """Hide a song from every list (a takedown, an expired licence): removed from the lists in Redis
+    within seconds, left out of new lists and of similar songs, across restarts and retrains."""
+    return _visibility(request, song_id, True)
+
+
+def unhide_song(request: Request, song_id: SongId) -> HiddenOut:
+    """Let a hidden song back into lists, as they are next written."""
+    return _visibility(request, song_id, False)
+
+
+def _visibility(request: Request, song_id: str, hidden: bool) -> HiddenOut:
+    state = state_of(request)
+    check_id(song_id, "song_id")
+    at = set_hidden(state.cfg, [song_id], hidden)
+    return HiddenOut(song_id=song_id, hidden=hidden, at=at)
+
+
+def not_allowed(methods: list[str]) -> Callable[[], None]:
+    """A handler answering 405 with ``Allow: methods``."""
+    def refuse() -> None:
+        raise HTTPException(405, "Method Not Allowed", headers={"Allow": ", ".join(methods)})
+    return refuse
+
+
+def forget_user(request: Request, user_id: UserId) -> ForgottenOut:
+    """Erase a user (a deletion request): their list, their events in the log, their online state in
+    every worker within seconds, their row in every later model version. A tombstone keeps a replay
+    of old events from bringing them back; events after this call start a new history."""
+    state = state_of(request)
+    check_id(user_id, "user_id")
+    with translate_errors("forgetting a user"):
+        done = forget_users(state.cfg, state.redis.get(), [user_id])
+    return ForgottenOut(user_id=user_id, at=done.at, lists_deleted=done.lists_deleted,
+                        events_purged=done.events_purged, segments_rewritten=done.segments_rewritten)
 
 
 def get_similar(request: Request, song_id: SongId, k: Page = 10) -> SimilarOut:
@@ -64,6 +121,8 @@ def get_similar(request: Request, song_id: SongId, k: Page = 10) -> SimilarOut:
         raise  # published but not loaded (yet, or refused): 503, the API's own state
     if model.index.rows(song_keys([song_id]))[0] < 0:
         raise HTTPException(404, f"song {song_id!r} is not in model version {version}")
+    if state.hide_from(model).is_hidden(song_id):
+        raise HTTPException(404, f"song {song_id!r} is hidden")
     found = model.similar(np.array([song_id], dtype=object), k, depth=state.settings.model.candidates)
     return SimilarOut(song_id=song_id, model_version=version,
                       items=[SimilarItem(song_id=str(s), score=float(v)) for s, v, _ in found.row(0)])

@@ -64,6 +64,21 @@ class EventsAccepted(BaseModel):
     topic: str
 
 
+class HiddenOut(BaseModel):
+    song_id: str
+    hidden: bool = Field(description="true: left out of every list from now on; false: allowed again")
+    at: float = Field(description="when the request was recorded (unix seconds); workers apply it within a second")
+
+
+class ForgottenOut(BaseModel):
+    user_id: str
+    at: float = Field(description="the tombstone's time: the user's events up to it are void, later ones start a "
+                                  "new history")
+    lists_deleted: int = Field(description="Redis lists deleted (0 or 1)")
+    events_purged: int = Field(description="events removed from the log's segments")
+    segments_rewritten: int = Field(description="log segments rewritten without them")
+
+
 class ItemError(BaseModel):
     index: int = Field(description="position of the refused item in the request's array")
     reason: str
@@ -183,7 +198,8 @@ def _err(description: str) -> dict[str, Any]:
 Responses = dict[int | str, dict[str, Any]]
 BAD_ID: Responses = {400: _err("malformed id (the event contract's id rules)")}
 OUT_OF_RANGE: Responses = {422: _err("parameter out of range or of the wrong type")}
-UNAVAILABLE: Responses = {503: _err("Redis (or Kafka, for POST /events) unreachable")}
+UNAVAILABLE: Responses = {503: _err("Redis (or Kafka, for POST /events) unreachable, or the data directory not "
+                                   "writable (removals)")}
 UNAUTHORIZED: Responses = {401: _err("missing or wrong API key (only when MUSICREC_API_KEY is set)")}
 TOO_LARGE: Responses = {413: _err("request body larger than the limit (2 KiB per allowed item, at least 1 MiB)")}
 BAD_BODY: Responses = {400: _err("request refused whole: malformed JSON, more items than MUSICREC_API_MAX_BATCH, or "

@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import Request
 
+from index_manager.keys import song_keys
+from offline.removals import HiddenSongs
+from online_models.serving import ServingModel
 from stream.abtest import current_test, results
 from stream.api.monitor import Monitor
 from stream.api.prometheus import ApiMetrics
@@ -32,6 +36,7 @@ class ApiState:
     page: str
     metrics: ApiMetrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _hidden: HiddenSongs | None = None
     _producer: EventProducer | None = None
     _producer_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -61,6 +66,17 @@ class ApiState:
                 self._producer = EventProducer(self.cfg, attempts=PRODUCER_CONNECT_ATTEMPTS,
                                                max_block_ms=PRODUCER_MAX_BLOCK_MS)
             return self._producer
+
+    def hide_from(self, model: ServingModel) -> HiddenSongs:
+        """Bring ``model``'s index up to date with the hidden songs (similar songs leave them out)."""
+        if self._hidden is None:
+            self._hidden = HiddenSongs(self.cfg.catalog_dir)
+        self._hidden.refresh()
+        keys = song_keys(np.asarray(self._hidden.hidden(), dtype=object))
+        if not np.array_equal(keys, model.index.hidden):
+            model.index.unhide(model.index.hidden)
+            model.index.hide(keys)
+        return self._hidden
 
     def ab_results(self) -> dict[str, Any]:
         client, keys = self.redis.get(), RedisKeys(self.cfg.redis_namespace)

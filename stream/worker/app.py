@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import faust
 
-from offline.compaction import compact_own
+from offline.compaction import compact_own, purge_forgotten
 from stream.catalog_feed import follow_catalog
 from stream.errors import ServiceUnavailable
+from stream.events import Song
 from stream.kafka_config import faust_app_options, use_fetch_max_wait
 from stream.worker.dead_letters import DeadLetterSender
 from stream.worker.messages import Message
@@ -35,6 +37,9 @@ CATALOG_BATCH = 500
 COMPACT_EVERY_S = 30.0
 STATS_EVERY_S = 2.0
 EVICT_EVERY_S = 60.0
+REMOVALS_EVERY_S = 1.0  # hidden songs and forgotten users take effect within this
+BACKFILL_PAUSE_S = 0.005  # at least, between two backfill batches
+BACKFILL_IDLE_S = 0.2
 
 
 def _messages(events: list[Any]) -> list[Message]:
@@ -72,6 +77,9 @@ class WorkerApp:
         app.task(self.index_catalog)
         app.timer(cfg.model_poll, name="musicrec.versions")(self.follow_versions)
         app.timer(COMPACT_EVERY_S, name="musicrec.compaction")(self.compact_log)
+        app.timer(REMOVALS_EVERY_S, name="musicrec.removals")(self.follow_removals)
+        app.task(self.backfill_lists)
+        self._log_lock = asyncio.Lock()  # merging and purging this worker's segments, one at a time
         app.timer(STATS_EVERY_S, name="musicrec.stats")(self.publish_stats)
         app.timer(EVICT_EVERY_S, name="musicrec.eviction")(self.evict_inactive)
         app.on_partitions_assigned.connect(self.on_partitions_assigned)  # type: ignore[arg-type]  # mode types a union of callables
@@ -108,14 +116,23 @@ class WorkerApp:
         """Catalog events, stored once per consumer group and dead-lettered once; indexing them is
         every worker's job (:meth:`index_catalog`)."""
         async for events in stream.take_events(CATALOG_BATCH, within=0.05):  # type: ignore[attr-defined]
-            await self._dead(self.parts.catalog.take(_messages(events), self.parts.served(), index=False))
+            await self._dead(self.parts.catalog.take(_messages(events), self.parts.served(), index=False,
+                                                     on_visibility=self._record_visibility))
+
+    def _record_visibility(self, songs: list[Song]) -> None:
+        """Hide requests from the topic, kept in the data directory (the topic's retention ends)."""
+        self.parts.removals.hidden.record_requests([(s.song_id, bool(s.hidden), s.ts) for s in songs])
 
     async def index_catalog(self) -> None:
         """Every catalog event, read by every worker (a broadcast): each indexes every new song."""
         await follow_catalog(self.parts.settings.stream, self._index_songs, CATALOG_BATCH)
 
     async def _index_songs(self, messages: list[Message]) -> None:
-        self.parts.catalog.take(messages, self.parts.served(), store=False)  # refusals are the agent's to report
+        served = self.parts.served()
+        visibility: list[Song] = []
+        self.parts.catalog.take(messages, served, store=False, on_visibility=visibility.extend)  # refusals: the agent's
+        if visibility:
+            await with_redis_retry("hiding songs", self.parts.removals.take_visibility, visibility, served)
 
     async def follow_versions(self) -> None:
         """The published version and the A/B test: loaded and checked in another thread, next to
@@ -135,14 +152,61 @@ class WorkerApp:
         if parts.versions.wanted(version):
             candidate = await loop.run_in_executor(None, parts.versions.prepare, version)
             if candidate is not None and parts.install(candidate):
-                await with_redis_retry("refreshing lists after a swap", parts.active.refresh, parts.lists)
+                parts.backfill_all()
 
     async def compact_log(self) -> None:
         # merging only touches this worker's finished segments, so it can run next to batches
-        merged = await asyncio.get_running_loop().run_in_executor(None, compact_own, self.parts.log,
-                                                                  self.parts.worker_id)
+        async with self._log_lock:
+            merged = await asyncio.get_running_loop().run_in_executor(None, compact_own, self.parts.log,
+                                                                      self.parts.worker_id)
         if merged:
             log.info("merged %d log segments", merged)
+
+    async def follow_removals(self) -> None:
+        """Hidden songs and forgotten users recorded in the data directory (by the CLI, the API or
+        the catalog agent): applied here, between batches; this worker's own segments are then
+        purged of the forgotten users aside (what it appended before it knew)."""
+        parts = self.parts
+        forgotten = []
+        try:
+            parts.removals.poll_hidden(parts.served())
+            forgotten = parts.removals.poll_forgotten()
+            parts.removals.flush()
+        except ServiceUnavailable as exc:  # applied in this worker; Redis gets its part at a later poll
+            log.warning("removals wait for Redis: %s", exc)
+        if forgotten:
+            async with self._log_lock:
+                purged = await asyncio.get_running_loop().run_in_executor(None, purge_forgotten, parts.log,
+                                                                          parts.worker_id)
+            log.warning("forgot %d users; purged %d more of their events from this worker's segments",
+                        len(forgotten), purged.events)
+
+    async def backfill_lists(self) -> None:
+        """Lists for every known user, a batch at a time between batches of events, once Kafka has
+        told this worker which partitions (users) are its own."""
+        parts = self.parts
+        parts.backfill_all()
+        while True:
+            if len(parts.backfill) and self.settled.is_set() and self._follow_assignment():
+                started = time.perf_counter()
+                await with_redis_retry("writing lists", parts.backfill.step)
+                # as long again for the events: the agent's path from a fetch to a batch takes several
+                # turns of the loop, which a bare yield between two backfill batches would not give it
+                await asyncio.sleep(max(time.perf_counter() - started, BACKFILL_PAUSE_S))
+            else:
+                await asyncio.sleep(BACKFILL_IDLE_S)
+
+    def _follow_assignment(self) -> bool:
+        topic = self.parts.settings.stream.events_topic
+        try:
+            consumer = self.app.consumer
+            partitions = consumer.topic_partitions(topic)
+            assigned = [tp.partition for tp in consumer.assignment() if tp.topic == topic]
+        except Exception:  # the consumer is not started yet: there is no assignment to follow
+            return False
+        if partitions:
+            self.parts.backfill.ownership.assign(partitions, assigned)
+        return self.parts.backfill.ownership.known
 
     async def publish_stats(self) -> None:
         try:

@@ -8,6 +8,8 @@ serves (they reach a version's own factors at the first retrain after they have 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -35,13 +37,15 @@ class CatalogIntake:
         self._content: dict[str, tuple[dict[str, float], str | None]] = {}  # song -> (features, genre)
 
     def take(self, messages: list[Message], served: list[ServingModel], store: bool = True,
-             index: bool = True) -> list[DeadLetter]:
+             index: bool = True, on_visibility: Callable[[list[Song]], None] | None = None) -> list[DeadLetter]:
         """Store every valid song (``store``); index new ones from their content in each of
         ``served``, the published version first (``index``). A song whose features do not fit the
         published version's projection is refused.
 
         With several workers the two halves are split: the catalog consumer group stores each song
-        once and dead-letters what is refused, while every worker reads the whole topic to index."""
+        once and dead-letters what is refused, while every worker reads the whole topic to index.
+        Songs whose message says ``hidden`` go to ``on_visibility`` too; a message of nothing but
+        that is neither stored nor indexed (the song's catalog row stays as it was)."""
         projection = served[0].projection if served else None
         dead: list[DeadLetter] = []
         accepted: list[Song] = []
@@ -54,7 +58,14 @@ class CatalogIntake:
             except InvalidEvent as exc:
                 dead.append(DeadLetter(m.key, m.value, exc.reason, m.source))
                 continue
+            if song.hidden is not None:
+                # a request's time is when it was produced: the same on every re-read of the topic
+                song = replace(song, ts=m.timestamp)
             accepted.append(song)
+        visibility = [s for s in accepted if s.hidden is not None]
+        if visibility and on_visibility is not None:
+            on_visibility(visibility)
+        accepted = [s for s in accepted if not s.visibility_only]
         if store:
             self.store.append(CatalogRows([s.song_id for s in accepted], [s.title for s in accepted],
                                           [s.artist for s in accepted], [s.genre for s in accepted],

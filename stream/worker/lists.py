@@ -1,6 +1,6 @@
 """Writing users' lists: recommend with reasons, split by A/B arm, one Redis pipeline per arm.
 
-Also the users recently active, whose lists are recomputed at once after a model swap.
+Also the users recently active, whose lists the backfill rewrites first after a model swap.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from online_models.online import OnlineALS
 from stream.redis_store import RecsWriter
 from stream.worker.ab_arm import ABArm
 
-ACTIVE_USERS = 50_000  # users whose lists are refreshed right after a model swap
+ACTIVE_USERS = 50_000  # users whose lists are rewritten first after a model swap
 
 
 def last_per_user(users: np.ndarray, batch: EventBatch, produced_at: np.ndarray) -> list[dict[str, Any] | None]:
@@ -80,13 +80,9 @@ class ActiveUsers:
             if len(self._users) > self.size:
                 self._users.popitem(last=False)
 
-    def forget(self, users: Iterable[str]) -> None:
+    def discard(self, users: Iterable[str]) -> None:
         for user in users:
             self._users.pop(user, None)
 
-    def refresh(self, lists: ListWriter, batch_size: int = 2000) -> int:
-        """Recompute and store their lists (after a swap); returns how many."""
-        users = np.asarray(list(self._users), dtype=object)
-        for start in range(0, len(users), batch_size):
-            lists.write(users[start:start + batch_size], None)
-        return len(users)
+    def newest_first(self) -> list[str]:
+        return list(reversed(self._users))

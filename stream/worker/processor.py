@@ -16,6 +16,7 @@ from online_models.batch import EventBatch
 from online_models.online import OnlineALS
 from stream.events import parse_events
 from stream.worker.ab_arm import ABArm
+from stream.worker.backfill import Backfill
 from stream.worker.dedup import AppliedEvents
 from stream.worker.lists import ActiveUsers, ListWriter, last_per_user
 from stream.worker.messages import DeadLetter, Message
@@ -34,7 +35,7 @@ def partitions_of(events: EventBatch, batch: EventBatch, partitions: np.ndarray)
 class BatchProcessor:
     def __init__(self, model: OnlineALS, log: EventLog, worker_id: str, lists: ListWriter, ab: ABArm,
                  applied: AppliedEvents, active: ActiveUsers, counters: Counters, freshness: LatencyWindow,
-                 holdings: Holdings | None = None) -> None:
+                 backfill: Backfill | None = None, holdings: Holdings | None = None) -> None:
         self.model = model
         self.log = log
         self.worker_id = worker_id
@@ -44,6 +45,7 @@ class BatchProcessor:
         self.active = active
         self.counters = counters
         self.freshness = freshness
+        self.backfill = backfill
         self.holdings = holdings if holdings is not None else Holdings()
 
     def process(self, messages: list[Message]) -> list[DeadLetter]:
@@ -52,17 +54,22 @@ class BatchProcessor:
         sources = [m.source for m in messages]
         parsed = parse_events([m.value for m in messages], [m.key for m in messages], sources)
         dead = [DeadLetter(messages[i].key, messages[i].value, reason, sources[i]) for i, reason in parsed.refused]
-        batch = parsed.events
+        batch, positions = parsed.events, np.asarray(parsed.positions, np.int64)
+        void = self.log.tombstones.void(batch.user_ids, batch.ts)
+        if void.any():  # a forgotten user's erased past, sent again (a replay of an old file)
+            keep = np.flatnonzero(~void)
+            batch, positions = batch.take(keep), positions[keep]
+            self.counters.events_void += int(void.sum())
         duplicates = 0
         if len(batch):
             # An event already folded in (redelivered by Kafka after a crash or a rebalance, or this
             # very batch again after a failed Redis write) is neither appended nor learnt a second
             # time; its user's list is still recomputed and written.
             new_events, duplicates = self.applied.split(batch)
-            partitions = np.fromiter((messages[i].partition for i in parsed.positions), np.int32, len(batch))
+            partitions = np.fromiter((messages[i].partition for i in positions.tolist()), np.int32, len(batch))
             self.log.append(new_events, writer=self.worker_id, partitions=partitions_of(new_events, batch, partitions))
             self.holdings.observe(batch.user_ids, partitions, batch.ts)
-            produced = np.array([messages[i].timestamp for i in parsed.positions], dtype=np.float64)
+            produced = np.array([messages[i].timestamp for i in positions.tolist()], dtype=np.float64)
             self.model.partial_fit(new_events)
             self.applied.folded_in(new_events)
             touched = np.unique(batch.user_ids)
@@ -71,6 +78,8 @@ class BatchProcessor:
             self.applied.written()
             self.freshness.add(written - produced)
             self.active.touch(touched)
+            if self.backfill is not None:  # their lists are as fresh as can be, and carry their last event
+                self.backfill.discard(touched.tolist())
             self.counters.users_written += len(touched)
         self._count(len(batch), duplicates, t0)
         return dead

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from stream.errors import ServiceUnavailable
 from stream.kafka_io import ensure_topics, topic_partitions
 from stream.redis_store import connect_to
@@ -23,7 +21,6 @@ from stream.worker.parts import WorkerParts
 LOG_LEVELS = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
               "debug": logging.DEBUG}
 RESTORE_CHUNK = 50_000  # events folded in at a time while restoring; the loop (heartbeats) runs in between
-REFRESH_BATCH = 2_000  # users per list write after a restore
 # a user's events older than this many half-lives before their latest weigh < 0.1%: not restored
 RESTORE_HALF_LIVES = 10
 DAY_S = 86400.0
@@ -43,7 +40,7 @@ async def restore_partitions(parts: WorkerParts, partitions: set[int], chunk: in
     users active within ``MUSICREC_STATE_TTL``. The events but the last ``warmup_events`` (their share
     for these partitions) are folded in; then the published version is installed if none serves yet;
     then the tail is replayed under it as a live stream (lists, then events), which teaches the ranker
-    again. Restored users get their lists written. Returns events read.
+    again. Restored users are queued for their lists (the backfill). Returns events read.
 
     Runs on the event loop between rebalance steps (Kafka delivers nothing of these partitions until
     it returns), yielding between chunks so the consumer keeps heartbeating."""
@@ -57,7 +54,8 @@ async def restore_partitions(parts: WorkerParts, partitions: set[int], chunk: in
     for start in range(0, tail, chunk):
         parts.model.partial_fit(events.take(slice(start, min(start + chunk, tail))))
         await asyncio.sleep(0)
-    if parts.model.holder.peek() is None:
+    first = parts.model.holder.peek() is None
+    if first:
         try:
             candidate = await loop.run_in_executor(None, parts.versions.prepare, parts.registry.published())
         except ServiceUnavailable as exc:  # the versions timer installs it once Redis answers
@@ -76,13 +74,12 @@ async def restore_partitions(parts: WorkerParts, partitions: set[int], chunk: in
     # therefore already in the state just rebuilt: remember these partitions' newest event ids
     parts.applied.remember(await loop.run_in_executor(None, lambda: parts.log.recent_event_ids(
         parts.applied.limit, partitions, holdings.key_partitions)))
-    users = np.unique(recent)
-    try:
-        for start in range(0, len(users), REFRESH_BATCH):
-            parts.lists.write(users[start:start + REFRESH_BATCH], None)
-            await asyncio.sleep(0)
-    except ServiceUnavailable as exc:  # their next event writes their list
-        log.warning("cannot write restored users' lists: %s", exc)
+    # their lists: written by the app's backfill, in batches next to the stream (the first restore
+    # queues every user the state or the version just installed knows; later ones the users restored)
+    if first:
+        parts.backfill_all()
+    else:
+        parts.backfill.enqueue(list(dict.fromkeys(reversed(events.user_ids.tolist()))))
     return len(events)
 
 
@@ -96,7 +93,7 @@ def drop_partitions(parts: WorkerParts, partitions: set[int]) -> int:
     """Forget the users of partitions the group took away; returns how many."""
     users = parts.holdings.release(partitions)
     parts.model.state.drop(users)
-    parts.active.forget(users)
+    parts.active.discard(users)
     return len(users)
 
 
@@ -122,7 +119,7 @@ def evict_inactive(parts: WorkerParts) -> int:
     users = parts.model.state.history.inactive(parts.holdings.clock - ttl * DAY_S)
     if len(users):
         parts.model.state.drop(users)
-        parts.active.forget(users)
+        parts.active.discard(users)
         parts.holdings.forget(users)
         parts.counters.evicted += len(users)
     return len(users)

@@ -38,6 +38,11 @@ class Counters:
     first_batch_at: float = 0.0  # wall clock of the first and latest batch with events (throughput)
     last_batch_at: float = 0.0
     events_at_first_batch: int = 0
+    lists_backfilled: int = 0  # lists written for users without new events (start, swaps, hidden songs)
+    backfill_pending: int = 0
+    songs_hidden: int = 0
+    users_forgotten: int = 0
+    events_void: int = 0  # events of forgotten users' erased histories, dropped on arrival
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
