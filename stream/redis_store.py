@@ -282,7 +282,11 @@ class RecsWriter:
         if not len(users):
             return 0
         with translate_errors("deleting recommendations"):
-            return int(self.client.delete(*[self.keys.recs(u) for u in users]))
+            # one DEL per key, pipelined: a multi-key DEL would span a cluster's slots
+            pipe = self.client.pipeline(transaction=False)
+            for user in users:
+                pipe.delete(self.keys.recs(user))
+            return int(sum(pipe.execute()))
 
     def holding(self, users: Sequence[str], song_ids: Sequence[str], chunk: int = 1000) -> list[str]:
         """Those of ``users`` whose stored list holds any of ``song_ids`` (read in MGETs of ``chunk``;
@@ -292,7 +296,7 @@ class RecsWriter:
         for start in range(0, len(users), chunk):
             part = list(users[start:start + chunk])
             with translate_errors("reading recommendations"):
-                values = self.client.mget([self.keys.recs(u) for u in part])
+                values = mget(self.client, [self.keys.recs(u) for u in part])
             found += [u for u, raw in zip(part, values, strict=True)
                       if raw is not None and any(n in raw for n in needles)]
         return found
@@ -342,7 +346,7 @@ class RecsClient:
         if not 0 < k <= MAX_K:
             raise ValueError(f"k must be within 1..{MAX_K}, got {k}")
         with translate_errors("reading recommendations"):
-            raw, popular = self.client.mget([self.keys.recs(user_id), self.keys.popular()])
+            raw, popular = mget(self.client, [self.keys.recs(user_id), self.keys.popular()])
         if raw is not None:
             base = Recs.decode(raw)
         elif popular is not None:

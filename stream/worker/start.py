@@ -102,6 +102,9 @@ async def rebalance(parts: WorkerParts, assigned: set[int]) -> None:
     (Faust's eager rebalance hands out the whole assignment each time; kept partitions cost nothing)."""
     held = parts.holdings.partitions
     lost, gained = held - assigned, assigned - held
+    # the backfill writes the lists of these partitions' users only (it also follows the consumer's
+    # view, which can lack the topic's partition count for a while after an assignment)
+    parts.backfill.ownership.assign(parts.holdings.n_partitions, assigned)
     t0 = time.perf_counter()
     dropped = drop_partitions(parts, lost) if lost else 0
     restored = await restore_partitions(parts, gained) if gained else 0

@@ -119,10 +119,14 @@ def test_two_workers_share_the_users_and_write_every_list_through_the_cluster(
     users = sorted(set(history.user_ids.tolist()) | set(live.user_ids.tolist()))
     reader = RecsClient(settings.stream.redis_url, settings.stream.redis_namespace, cluster=True)
 
-    def all_listed() -> bool:
-        return all(r is not None and not r.fallback for r in reader.get_many(users, 5))
+    def unlisted() -> list[str]:
+        return [u for u, r in zip(users, reader.get_many(users, 5), strict=True) if r is None or r.fallback]
 
-    wait_for(all_listed, 90, "every user's list in the cluster")
+    try:
+        wait_for(lambda: not unlisted(), 90, "every user's list in the cluster")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {len(unlisted())} unlisted, e.g. {unlisted()[:5]}; "
+                             f"{[w.stats() for w in workers]}\n{workers[0].log_tail()}") from None
 
     out = run_cli(settings, "status", "--json")  # through the cluster, as an operator would
     assert out.returncode == 0, out.stderr
