@@ -8,6 +8,7 @@ from online_models.config import check_ranges, setting
 from online_models.ncf_config import BACKENDS
 
 MODEL_KINDS = ("als", "ncf", "sasrec")
+ENGINES = ("local", "spark")
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,23 @@ class TrainConfig:
     gate_users: int = setting(5000, "MUSICREC_GATE_USERS", "Held-out users the gate evaluates (a seeded sample when there are more).", gt=0)
     window_days: float = setting(0.0, "MUSICREC_TRAIN_WINDOW_DAYS", "Train on the last N days of the log only; 0 = all of it.", ge=0)
     threads: int = setting(0, "MUSICREC_TRAIN_THREADS", "Threads of the ALS factorisation in a retrain; 0 = all cores (the worker processes keep one).", ge=0)
+    engine: str = setting("local", "MUSICREC_TRAIN_ENGINE", "Where ALS trains: local (implicit, in this process) or spark (Spark MLlib ALS over the same Parquet log; `pip install -e '.[spark]'`).", choices=ENGINES)
+    spark_master: str = setting("local[*]", "MUSICREC_SPARK_MASTER", "Spark master URL of `--engine spark` (local[*] = in this machine's JVM; spark://host:7077 = a standalone cluster).")
+    workers: int = setting(1, "MUSICREC_TRAIN_WORKERS", "Processes that train NeuMF or SASRec together with torch DistributedDataParallel (gloo on CPU, NCCL on GPUs); 1 = in this process.", gt=0)
     every: str = setting("", "MUSICREC_RETRAIN_EVERY", "Scheduler period for `musicrec retrain --every` (e.g. 30m, 1h, 1d); empty = run once.")
 
     def __post_init__(self) -> None:
         check_ranges(self)
         if self.every:
             parse_period(self.every)
+        if self.engine == "spark" and self.model != "als":
+            raise ValueError(f"MUSICREC_TRAIN_ENGINE=spark trains ALS only, not {self.model!r} "
+                             "(NeuMF and SASRec scale out with MUSICREC_TRAIN_WORKERS)")
+        if self.workers > 1 and self.model == "als":
+            raise ValueError("MUSICREC_TRAIN_WORKERS > 1 is for ncf and sasrec; ALS scales out with "
+                             "MUSICREC_TRAIN_ENGINE=spark")
+        if self.workers > 1 and self.backend != "torch":
+            raise ValueError("MUSICREC_TRAIN_WORKERS > 1 needs the torch backend (DistributedDataParallel)")
 
 
 def parse_period(text: str) -> float:

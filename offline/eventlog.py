@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from offline import log_sql
 from offline.event_table import arrow_to_batch, batch_to_arrow
 from offline.eventfile import BadInputFile, read_event_file
 from offline.removals import Tombstones
@@ -108,18 +109,12 @@ class EventLog:
             if forgotten:
                 # a segment being rewritten by a purge still holds them: they are void all the same
                 con.register("tombstones", pa.table({"user_id": list(forgotten), "at": list(forgotten.values())}))
-                source = (f"(SELECT r.* FROM {source} r ANTI JOIN tombstones t "
-                          "ON r.user_id = t.user_id AND r.ts <= t.at)")
+                source = f"({log_sql.without_forgotten(source, 'tombstones')})"
             con.execute(f"CREATE VIEW raw_events AS SELECT * FROM {source}")
         else:
             con.execute("CREATE TABLE raw_events (user_id VARCHAR, song_id VARCHAR, event VARCHAR, ts DOUBLE, "
                         "ms_played BIGINT, event_id VARCHAR, ingested_at DOUBLE, kafka_partition INTEGER)")
-        con.execute("""
-            CREATE VIEW events AS
-            SELECT * EXCLUDE (rn) FROM (
-                SELECT *, row_number() OVER (PARTITION BY coalesce(event_id, '#' || user_id || song_id || ts)
-                                             ORDER BY ingested_at) AS rn
-                FROM raw_events) WHERE rn = 1""")
+        con.execute(f"CREATE VIEW events AS {log_sql.dedup('raw_events', extra=('kafka_partition',))}")
         return con
 
     def range(self, until: float | None = None) -> LogRange:
@@ -196,9 +191,9 @@ class EventLog:
     def _source(self, since: float | None, until: float | None, exclude_holdout: bool) -> str:
         """``WITH ... t AS (...)``: the window's events, minus the held-out pairs when asked."""
         if not exclude_holdout:
-            return f"WITH t AS (SELECT * FROM events {_window(since, until)})"
-        return (f"WITH w AS (SELECT * FROM events {_window(since, until)}), h AS ({self.HOLDOUT_SQL}), "
-                "t AS (SELECT w.* FROM w ANTI JOIN h USING (user_id, song_id))")
+            return f"WITH t AS (SELECT * FROM events {log_sql.window(since, until)})"
+        return (f"WITH w AS (SELECT * FROM events {log_sql.window(since, until)}), h AS ({log_sql.holdout('w')}), "
+                f"t AS ({log_sql.without_holdout('w', 'h')})")
 
     @_survives_compaction
     def recent_event_ids(self, limit: int, partitions: Iterable[int] | None = None,
@@ -224,19 +219,11 @@ class EventLog:
                                "LIMIT ?) ORDER BY ingested_at, event_id", [int(limit)]).fetchall()
         return [r[0] for r in rows]
 
-    HOLDOUT_SQL = """
-        SELECT user_id, song_id FROM (
-            SELECT user_id, song_id, first_ts,
-                   row_number() OVER (PARTITION BY user_id ORDER BY first_ts DESC, hash(song_id), song_id) AS r,
-                   count(*) OVER (PARTITION BY user_id) AS n
-            FROM (SELECT user_id, song_id, min(ts) AS first_ts FROM w WHERE event = 'play' GROUP BY ALL))
-        WHERE r = 1 AND n >= 2"""
-
     def holdout(self, since: float | None = None, until: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Leave-last-out slice: per user with >= 2 distinct played songs, the song they most recently
-        played for the first time (ties broken by a hash of the song id). (users, songs), sorted."""
+        played for the first time (ties broken by the md5 of the song id). (users, songs), sorted."""
         with closing(self.connect()) as con:
-            t = con.sql(f"WITH w AS (SELECT * FROM events {_window(since, until)}) {self.HOLDOUT_SQL} "
+            t = con.sql(f"WITH w AS (SELECT * FROM events {log_sql.window(since, until)}) {log_sql.holdout('w')} "
                         "ORDER BY user_id").to_arrow_table()
         return (t.column("user_id").to_numpy(zero_copy_only=False).astype(object),
                 t.column("song_id").to_numpy(zero_copy_only=False).astype(object))
@@ -248,26 +235,7 @@ class EventLog:
         decayed by its age relative to the user's latest event; the strongest ``max_history`` songs
         per user are kept. ``exclude_holdout`` drops every event of the :meth:`holdout` pairs, so a
         model can be evaluated on what it never saw."""
-        half_life_s = config.half_life_days * 86400.0
-        decay = "1.0" if half_life_s <= 0 else f"exp(-ln(2) * (user_last - ts) / {half_life_s!r})"
-        holdout = f", h AS ({self.HOLDOUT_SQL})" if exclude_holdout else ""
-        source = "(SELECT w.* FROM w ANTI JOIN h USING (user_id, song_id))" if exclude_holdout else "w"
-        sql = f"""
-            WITH w AS (SELECT * FROM events {_window(since, until)}){holdout},
-            t AS (SELECT * FROM {source}),
-            u AS (SELECT *, max(ts) OVER (PARTITION BY user_id) AS user_last FROM t),
-            agg AS (
-                SELECT user_id, song_id,
-                    sum(CASE WHEN event = 'play' THEN
-                            (CASE WHEN ms_played IS NULL THEN 1.0
-                                  ELSE least(greatest(ms_played / {config.full_play_ms!r}, 0.05), 1.0) END)
-                            * {decay} ELSE 0.0 END) AS pos,
-                    sum(CASE WHEN event = 'skip' THEN {config.skip_weight!r} * {decay} ELSE 0.0 END) AS neg
-                FROM u GROUP BY user_id, song_id),
-            ranked AS (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY pos + neg DESC, song_id) AS r
-                       FROM agg)
-            SELECT user_id, song_id, pos, neg FROM ranked WHERE r <= {int(config.max_history)}
-            ORDER BY user_id, song_id"""
+        sql = log_sql.interactions("events", config, since, until, exclude_holdout) + " ORDER BY user_id, song_id"
         with closing(self.connect()) as con:
             t = con.sql(sql).to_arrow_table()
         return Interactions(t.column("user_id").to_numpy(zero_copy_only=False),
@@ -286,11 +254,3 @@ class EventLog:
 def safe_writer(writer: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in writer)[:64]
 
-
-def _window(since: float | None, until: float | None) -> str:
-    conds = []
-    if since is not None:
-        conds.append(f"ts > {float(since)!r}")
-    if until is not None:
-        conds.append(f"ts <= {float(until)!r}")
-    return ("WHERE " + " AND ".join(conds)) if conds else ""

@@ -43,15 +43,19 @@ class Slice:
 
 
 def make_slice(history: Interactions, users: np.ndarray, songs: np.ndarray, seed: int = 0,
-               negatives: int = NEGATIVES, sequences: np.ndarray | None = None) -> Slice:
+               negatives: int = NEGATIVES, sequences: np.ndarray | None = None,
+               catalog: np.ndarray | None = None) -> Slice:
     """Sample each user's negatives uniformly from songs they never touched (history or held out).
     Users who touched so much of the catalog that fewer than ``negatives`` songs remain are left out.
     ``sequences`` (one row per user: song keys of their latest training plays in order, right-aligned,
-    -1 padded) is what a sequence model is scored on."""
+    -1 padded) is what a sequence model is scored on. ``catalog`` is every song of the training rows
+    when ``history`` holds only the slice users' rows (an engine that keeps the rest elsewhere); by
+    default it is ``history``'s songs."""
     if sequences is not None and (np.ndim(sequences) != 2 or len(sequences) != len(users)):
         raise ValueError(f"sequences must be a (users, length) array with one row per user, got "
                          f"{np.shape(sequences)} for {len(users)} users")
-    catalog = np.unique(np.concatenate([history.song_ids, songs]).astype(str)).astype(object)
+    trained = history.song_ids if catalog is None else np.asarray(catalog, object)
+    catalog = np.unique(np.concatenate([trained, songs]).astype(str)).astype(object)
     if len(catalog) <= negatives:
         raise ValueError(f"the catalog has only {len(catalog)} songs; need more than {negatives} to sample")
     users = np.asarray(users, object)
@@ -68,7 +72,7 @@ def make_slice(history: Interactions, users: np.ndarray, songs: np.ndarray, seed
         raise ValueError(f"no user has {negatives} untouched songs to sample negatives from")
     if not ok.all():
         return make_slice(history, users[ok], songs[ok], seed, negatives,
-                          None if sequences is None else sequences[ok])
+                          None if sequences is None else sequences[ok], trained)
     picked = sample_unseen(np.random.default_rng(seed), np.arange(len(users)), negatives, len(catalog), seen)
     return Slice(history, users, np.asarray(songs, object), catalog[picked], sequences)
 

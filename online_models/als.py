@@ -28,17 +28,24 @@ def train_als(interactions: Interactions, config: OnlineConfig, *, show_progress
                                         alpha=1.0, iterations=config.iterations, random_state=config.seed,
                                         num_threads=num_threads)
         model.fit(mat, show_progress=show_progress)
-    item_factors = np.asarray(model.item_factors, dtype=np.float32)
-    user_factors = np.asarray(model.user_factors, dtype=np.float32)
     plays = np.asarray((mat > 0).sum(axis=0)).ravel().astype(np.float64)
+    return als_artifact(users, songs, model.user_factors, model.item_factors, plays, config,
+                        dict(trained_on or {}, n_interactions=len(interactions)))
+
+
+def als_artifact(users: np.ndarray, songs: np.ndarray, user_factors: np.ndarray, item_factors: np.ndarray,
+                 plays: np.ndarray, config: OnlineConfig, trained_on: dict[str, Any],
+                 params: dict[str, Any] | None = None) -> ModelArtifact:
+    """The ``kind="als"`` version of trained factors, whichever engine trained them: the factors, each
+    song's count of positive users (``plays``) and the FAISS index over the item factors."""
+    item_factors = np.asarray(item_factors, dtype=np.float32)
     index = SongIndex(songs, item_factors)
     return ModelArtifact(
         kind="als", song_names=songs, item_factors=item_factors, user_names=users,
-        user_factors=user_factors, popularity=plays,
+        user_factors=np.asarray(user_factors, dtype=np.float32), popularity=np.asarray(plays, np.float64),
         params={"factors": config.factors, "regularization": config.regularization, "alpha": config.alpha,
                 "iterations": config.iterations, "half_life_days": config.half_life_days,
-                "index_kind": index.kind},
-        trained_on=dict(trained_on or {}, n_interactions=len(interactions), n_users=len(users),
-                        n_songs=len(songs)),
+                "index_kind": index.kind, **(params or {})},
+        trained_on=dict(trained_on, n_users=len(users), n_songs=len(songs)),
         index_bytes=index.to_bytes(),
     )

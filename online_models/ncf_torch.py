@@ -59,6 +59,11 @@ class TorchNeuMF:
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, strict=True)
         self.config = config
         self._opt: torch.optim.Optimizer | None = None
+        self._trainer: nn.Module = self.model
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Train through ``wrap(model)`` (a DistributedDataParallel wrapper); weights stay in ``model``."""
+        self._trainer = wrap(self.model)
 
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v.detach().numpy().astype(np.float32, copy=True) for k, v in self.model.state_dict().items()}
@@ -105,7 +110,7 @@ class TorchNeuMF:
         for start in range(0, len(u), cfg.batch_size):
             sl = slice(start, start + cfg.batch_size)
             self._opt.zero_grad(set_to_none=True)
-            loss = F.binary_cross_entropy_with_logits(self.model(u[sl], i[sl]), y[sl])
+            loss = F.binary_cross_entropy_with_logits(self._trainer(u[sl], i[sl]), y[sl])
             loss.backward()
             if cfg.clip_norm > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)

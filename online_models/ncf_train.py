@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from online_models.ncf import NeuMFBackend, load_backend
 from online_models.ncf_config import BACKENDS, NCFConfig
 from online_models.ncf_weights import WEIGHTS_FILE, init_weights, weights_to_bytes
 from online_models.ranking import sample_unseen, seen_keys
+from online_models.sharding import Shard, owners, pad_to
 
 # early stopping: each validation user keeps >= 3 training positives, and is ranked against this many
 _MIN_POSITIVES_FOR_VAL = 4
@@ -66,7 +67,7 @@ def epoch_samples(rng: np.random.Generator, pos_users: np.ndarray, pos_items: np
 
 
 @dataclass
-class _Split:
+class Split:
     users: np.ndarray
     songs: np.ndarray
     pos_u: np.ndarray
@@ -77,7 +78,7 @@ class _Split:
     val_cands: np.ndarray  # (V, 1 + negatives): held-out positive first
 
 
-def _split(interactions: Interactions, config: NCFConfig, rng: np.random.Generator) -> _Split:
+def split_pairs(interactions: Interactions, config: NCFConfig, rng: np.random.Generator) -> Split:
     users, u_idx = np.unique(interactions.user_ids, return_inverse=True)
     songs, s_idx = np.unique(interactions.song_ids, return_inverse=True)
     n_items = len(songs)
@@ -100,11 +101,21 @@ def _split(interactions: Interactions, config: NCFConfig, rng: np.random.Generat
     keep = np.ones(len(pos_u), dtype=bool)
     keep[held] = False
     negs = sample_unseen(rng, val_u, _VAL_NEGATIVES, n_items, all_seen)
-    return _Split(users, songs, pos_u[keep], pos_i[keep], skip_keys // n_items, skip_keys % n_items, val_u,
+    return Split(users, songs, pos_u[keep], pos_i[keep], skip_keys // n_items, skip_keys % n_items, val_u,
                   np.concatenate([val_pos[:, None], negs], axis=1))
 
 
-def _validation_hr(net: NeuMFBackend, split: _Split) -> float:
+def shard_pairs(split: Split, rank: int, world: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(positive users, items, skip users, items) of process ``rank``: every pair of a user goes to
+    the one process that owns the user (:func:`owners`, weighed by positives; ``rng`` must be drawn
+    alike in every process)."""
+    owner = owners(np.bincount(split.pos_u, minlength=len(split.users)), world, rng)
+    mine, mine_skip = owner[split.pos_u] == rank, owner[split.skip_u] == rank
+    return split.pos_u[mine], split.pos_i[mine], split.skip_u[mine_skip], split.skip_i[mine_skip]
+
+
+def validation_hr(net: NeuMFBackend, split: Split) -> float:
     if len(split.val_u) == 0:
         return float("nan")
     users = np.repeat(split.val_u, split.val_cands.shape[1])
@@ -113,20 +124,24 @@ def _validation_hr(net: NeuMFBackend, split: _Split) -> float:
     return float(hit.mean())
 
 
-def _cosine_lr(config: NCFConfig, epoch: int) -> float:
+def cosine_lr(config: NCFConfig, epoch: int) -> float:
     # decays to lr/100 rather than 0 so a long run's last epochs still move the weights
     floor = config.learning_rate / 100.0
     return floor + 0.5 * (config.learning_rate - floor) * (1.0 + math.cos(math.pi * epoch / config.epochs))
 
 
 def train_ncf(interactions: Interactions, config: NCFConfig, backend: str = "torch", show_progress: bool = False,
-              trained_on: dict[str, Any] | None = None) -> ModelArtifact:
+              trained_on: dict[str, Any] | None = None, shard: Shard | None = None) -> ModelArtifact:
     """Train NeuMF on the engagement rows and package it as a ``kind="ncf"`` artifact.
 
     Positives are rows with pos > neg; rows with neg > pos (skips outweigh plays) are the preferred
     negatives (see :func:`epoch_samples`). Up to ``config.val_users`` users hold out one random
     positive; after each epoch their HR@10 against 99 unseen songs is measured, and training stops
     after ``config.patience`` epochs without improvement, keeping the best epoch's weights.
+
+    With a ``shard`` this is one process of a data-parallel run: it samples the epochs of its own
+    users only (each user's positives and skips stay in one process, so the per-user sampling rules
+    hold), steps with ``config.batch_size / world`` rows, and the wrapped model averages the gradients.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown NCF backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -136,24 +151,42 @@ def train_ncf(interactions: Interactions, config: NCFConfig, backend: str = "tor
         raise ValueError("cannot train NCF without a single positive (pos > neg) row")
     from tqdm import tqdm
 
-    init_rng, split_rng, sample_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(3))
-    split = _split(interactions, config, split_rng)
+    if shard is not None and backend != "torch":
+        raise ValueError("data-parallel NeuMF training needs the torch backend")
+    init_seed, split_seed, sample_seed = np.random.SeedSequence(config.seed).spawn(3)
+    init_rng, split_rng = np.random.default_rng(init_seed), np.random.default_rng(split_seed)
+    split = split_pairs(interactions, config, split_rng)
     n_users, n_items = len(split.users), len(split.songs)
-    net = load_backend(backend, init_weights(n_users, n_items, config, init_rng), config)
+    pos_u, pos_i, skip_u, skip_i = split.pos_u, split.pos_i, split.skip_u, split.skip_i
+    step_config = config
+    if shard is None:
+        sample_rng = np.random.default_rng(sample_seed)
+    else:
+        owner_seed, rank_seeds = sample_seed.spawn(2)
+        pos_u, pos_i, skip_u, skip_i = shard_pairs(split, shard.rank, shard.world, np.random.default_rng(owner_seed))
+        sample_rng = np.random.default_rng(rank_seeds.spawn(shard.world)[shard.rank])
+        step_config = replace(config, batch_size=shard.batch_size(config.batch_size))
+    net = load_backend(backend, init_weights(n_users, n_items, config, init_rng), step_config)
+    if shard is not None:
+        net.distribute(shard.wrap)  # type: ignore[attr-defined]
 
     best_hr, best_epoch, best_weights = -1.0, -1, net.weights()
     history: list[dict[str, float]] = []
     stale = 0
     for epoch in range(config.epochs):
-        lr = _cosine_lr(config, epoch)
-        users, items, labels = epoch_samples(sample_rng, split.pos_u, split.pos_i, split.skip_u, split.skip_i,
+        lr = cosine_lr(config, epoch)
+        users, items, labels = epoch_samples(sample_rng, pos_u, pos_i, skip_u, skip_i,
                                              n_users, n_items, config.negatives, config.skip_share)
+        if shard is not None:
+            users, items, labels = pad_to(shard.all_max(len(users)), users, items, labels)
         started = time.perf_counter()
-        with tqdm(total=-(-len(users) // config.batch_size), desc=f"ncf/{backend} epoch {epoch + 1}",
+        with tqdm(total=-(-len(users) // step_config.batch_size), desc=f"ncf/{backend} epoch {epoch + 1}",
                   unit="batch", disable=not show_progress, leave=False) as bar:
             loss = net.train_epoch(users, items, labels, lr, bar.update)
+            if shard is not None:
+                loss = shard.all_mean(loss)
             seconds = time.perf_counter() - started
-            hr = _validation_hr(net, split)
+            hr = validation_hr(net, split)
             bar.set_postfix(loss=f"{loss:.4f}", val_hr=f"{hr:.4f}")
         history.append({"epoch": epoch + 1, "loss": loss, "val_hr@10": hr, "lr": lr, "seconds": seconds})
         if show_progress:
@@ -164,12 +197,12 @@ def train_ncf(interactions: Interactions, config: NCFConfig, backend: str = "tor
             stale += 1
             if stale >= config.patience:
                 break
-    return _artifact(split, best_weights, config, backend, interactions, trained_on,
+    return ncf_artifact(split, best_weights, config, backend, interactions, trained_on,
                      metrics={"val_hr@10": None if math.isnan(best_hr) else best_hr, "best_epoch": best_epoch,
                               "epochs_run": len(history), "history": history})
 
 
-def _artifact(split: _Split, weights: dict[str, np.ndarray], config: NCFConfig, backend: str,
+def ncf_artifact(split: Split, weights: dict[str, np.ndarray], config: NCFConfig, backend: str,
               interactions: Interactions, trained_on: dict[str, Any] | None,
               metrics: dict[str, Any]) -> ModelArtifact:
     factors = config.factors

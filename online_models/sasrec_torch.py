@@ -95,11 +95,16 @@ class TorchSASRec:
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, strict=True)
         self.config = config
         self._opt: torch.optim.Optimizer | None = None
+        self._trainer: nn.Module = self.model
         # dropout draws from a private generator state, so training never disturbs (or depends on) the
         # process-wide torch RNG
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed if config else 0)
             self._rng_state = torch.get_rng_state()
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Train through ``wrap(model)`` (a DistributedDataParallel wrapper); weights stay in ``model``."""
+        self._trainer = wrap(self.model)
 
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v.detach().numpy().astype(np.float32, copy=True) for k, v in self.model.state_dict().items()}
@@ -138,7 +143,7 @@ class TorchSASRec:
     def _step(self, batch: Batch, cfg: SASRecConfig) -> tuple[float, float]:
         assert self._opt is not None
         self._opt.zero_grad(set_to_none=True)
-        states = self.model(torch.from_numpy(batch.inputs))
+        states = self._trainer(torch.from_numpy(batch.inputs))
         h = states.reshape(-1, states.shape[-1])[torch.from_numpy(batch.flat_pos)]
         w = torch.from_numpy(batch.weights)
         n = float(batch.weights.sum())

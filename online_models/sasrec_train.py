@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from index_manager.song_index import SongIndex
 from online_models.batch import PLAY, EventBatch
 from online_models.sasrec import BACKENDS, SASRecModel, Sequences, build_sequences, load_backend, right_aligned
 from online_models.sasrec_spec import WEIGHTS_FILE, Batch, SASRecBackend, SASRecConfig, init_weights
+from online_models.sharding import Shard, pad_to
 
 _VAL_K = 10
 _MIN_VAL_LENGTH = 3  # a validation user keeps >= 2 plays: one input and one training target
@@ -153,11 +154,24 @@ def _validation_hr(net: SASRecBackend, val: _Validation) -> float:
     return hits / len(val.targets)
 
 
+def _shard_windows(windows: _Windows, shared_rng: np.random.Generator, shard: Shard) -> _Windows:
+    """This process's windows of the epoch: every ``world``-th of a shuffle all processes draw alike,
+    cycled so that every process gets the same count."""
+    order = shared_rng.permutation(len(windows.inputs))
+    (order,) = pad_to(-(-len(order) // shard.world) * shard.world, order)
+    mine = order[shard.rank::shard.world]
+    return _Windows(windows.inputs[mine], windows.targets[mine], windows.user[mine])
+
+
 def train_sasrec(events: EventBatch, config: SASRecConfig | None = None, backend: str = "torch",
-                 show_progress: bool = False, on_epoch: Callable[[dict[str, float | None]], object] | None = None
-                 ) -> SASRecModel:
+                 show_progress: bool = False, on_epoch: Callable[[dict[str, float | None]], object] | None = None,
+                 shard: Shard | None = None) -> SASRecModel:
     """Train on the plays of ``events`` (skips as hard negatives); early stopping on validation HR@10
-    of held-out last plays (:func:`_split_validation`), keeping the best epoch's weights."""
+    of held-out last plays (:func:`_split_validation`), keeping the best epoch's weights.
+
+    With a ``shard`` this is one process of a data-parallel run: each epoch's shuffle of the windows
+    is shared, each process takes every ``world``-th window and samples their negatives itself, and
+    steps with ``config.batch_size / world`` windows while the wrapped model averages the gradients."""
     config = config or SASRecConfig()
     if backend not in BACKENDS:
         raise ValueError(f"unknown SASRec backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -168,16 +182,28 @@ def train_sasrec(events: EventBatch, config: SASRecConfig | None = None, backend
     train, val = _split_validation(seqs, config, split_rng)
     windows = _windows(train, config.max_len)
     net = load_backend(backend, init_weights(len(seqs.items), config, init_rng), config.heads, config)
+    rank_rng = None
+    if shard is not None:
+        if backend != "torch":
+            raise ValueError("data-parallel SASRec training needs the torch backend")
+        net.distribute(shard.wrap)  # type: ignore[attr-defined]
+        rank_rng = np.random.default_rng(np.random.SeedSequence([config.seed, shard.rank, shard.world]))
     from tqdm import tqdm
 
     best_hr, best_epoch, best_weights, stale = -1.0, 0, net.weights(), 0
     history: list[dict[str, float | None]] = []
     for epoch in range(config.epochs):
-        batches = epoch_batches(sample_rng, windows, train, config)
+        if shard is None or rank_rng is None:
+            batches = epoch_batches(sample_rng, windows, train, config)
+        else:
+            batches = epoch_batches(rank_rng, _shard_windows(windows, sample_rng, shard), train,
+                                    replace(config, batch_size=shard.batch_size(config.batch_size)))
         started = time.perf_counter()
         with tqdm(total=len(batches), desc=f"sasrec/{backend} epoch {epoch + 1}", unit="batch",
                   disable=not show_progress, leave=False) as bar:
             loss = net.train_epoch(batches, config.learning_rate, bar.update)
+            if shard is not None:
+                loss = shard.all_mean(loss)
         seconds = time.perf_counter() - started
         hr = _validation_hr(net, val)
         # JSON has no NaN: an epoch without validation users records None

@@ -43,11 +43,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from index_manager.artifacts import ArtifactError
     from index_manager.holder import NoModel
     from index_manager.song_index import IndexFailure
+    from offline.errors import EngineUnavailable
     from offline.eventfile import BadInputFile
     from stream.errors import ConfigError, ServiceUnavailable
     from stream.events import InvalidEvent
 
-    return ConfigError, ServiceUnavailable, InvalidEvent, BadInputFile, ArtifactError, IndexFailure, NoModel
+    return (ConfigError, ServiceUnavailable, InvalidEvent, BadInputFile, ArtifactError, IndexFailure, NoModel,
+            EngineUnavailable)
 
 
 def progress_bar() -> Progress:
@@ -175,13 +177,20 @@ def retrain(model: Annotated[str | None, typer.Option(help="als, ncf or sasrec (
             until: Annotated[float | None, typer.Option(help="train on events with ts <= UNTIL")] = None,
             every: Annotated[str | None, typer.Option(help="run periodically, e.g. 30m, 1h (scheduler mode)")] = None,
             publish: Annotated[bool, typer.Option(help="point workers at the version if the gate passes")] = True,
+            engine: Annotated[str | None, typer.Option(
+                help="where ALS trains: local (in process) or spark (MUSICREC_TRAIN_ENGINE)")] = None,
+            spark_master: Annotated[str | None, typer.Option(
+                help="Spark master URL for --engine spark, e.g. spark://host:7077 (MUSICREC_SPARK_MASTER)")] = None,
+            workers: Annotated[int | None, typer.Option(
+                help="processes training ncf/sasrec with torch DDP (MUSICREC_TRAIN_WORKERS)")] = None,
             ) -> None:
     """Train a full model from the event log, gate it against the served version, publish if not worse."""
     from offline.config import parse_period
     from stream.scheduler import run_retrain, run_scheduled
 
     settings = _settings({"stream.data_dir": data_dir, "train.model": model, "train.backend": backend,
-                          "train.every": every})
+                          "train.every": every, "train.engine": engine, "train.spark_master": spark_master,
+                          "train.workers": workers})
     if settings.train.every:
         run_scheduled(settings, parse_period(settings.train.every), until=until, publish=publish, console=console)
     else:

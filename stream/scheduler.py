@@ -12,6 +12,7 @@ from rich.console import Console
 from index_manager.artifacts import ArtifactError
 from index_manager.song_index import IndexFailure
 from offline.catalog import CatalogStore
+from offline.errors import EngineUnavailable
 from offline.eventlog import EventLog
 from offline.retrain import RetrainResult, retrain
 from stream.errors import ConfigError, ServiceUnavailable
@@ -32,7 +33,8 @@ def run_retrain(settings: Settings, until: float | None = None, publish: bool = 
                      served=served, until=until, catalog=CatalogStore(cfg.catalog_dir),
                      show_progress=console is not None, sasrec_config=settings.sasrec)
     d = result.decision
-    line = (f"trained {settings.train.model} on {result.n_events} events in {result.seconds:.1f}s -> version "
+    how = settings.train.engine if settings.train.model == "als" else f"{settings.train.workers} process(es)"
+    line = (f"trained {settings.train.model} ({how}) on {result.n_events} events in {result.seconds:.1f}s -> version "
             f"{result.version}; gate: {d.reason}")
     if console is not None:
         console.print(line)
@@ -63,7 +65,8 @@ def run_scheduled(settings: Settings, period_s: float, until: float | None = Non
         started = time.monotonic()
         try:
             run_retrain(settings, until=until, publish=publish, console=console)
-        except (ArtifactError, IndexFailure, ConfigError, ServiceUnavailable, OSError, ValueError) as exc:
+        except (ArtifactError, IndexFailure, ConfigError, ServiceUnavailable, EngineUnavailable, OSError,
+                ValueError) as exc:
             log.error("retrain failed, will try again in %.0fs: %s", period_s, exc)
             if console is not None:
                 console.print(f"[red]retrain failed:[/] {exc}")

