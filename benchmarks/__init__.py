@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "serve": "benchmarks.serve",
     "scale": "benchmarks.scale",
     "train": "benchmarks.train",
+    "restore": "benchmarks.restore",
 }
 
 

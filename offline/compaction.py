@@ -18,7 +18,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from offline.event_table import SCHEMA
+from offline.event_table import SCHEMA, conform
 from offline.eventlog import EventLog, safe_writer
 
 
@@ -37,7 +37,7 @@ def compact_own(log: EventLog, writer: str, min_segments: int = 256, small_bytes
     # long-lived worker, whose resident memory must not ratchet up with every merge
     with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as out:
         for p in own:
-            out.write_table(_without_void(log, pq.read_table(p).cast(SCHEMA)))
+            out.write_table(_without_void(log, conform(pq.read_table(p))))
     pa.default_memory_pool().release_unused()
     os.replace(tmp, log.root / name)
     for p in own:
@@ -51,8 +51,8 @@ def compact(log: EventLog, min_segments: int = 32) -> int:
     if len(segs) < min_segments:
         return 0
     with closing(log.connect()) as con:
-        table = con.sql("SELECT user_id, song_id, event, ts, ms_played, event_id, ingested_at "
-                            "FROM events ORDER BY ts").to_arrow_table()
+        table = con.sql("SELECT user_id, song_id, event, ts, ms_played, event_id, ingested_at, kafka_partition "
+                        "FROM events ORDER BY ts").to_arrow_table()
     name = f"seg-{time.time_ns():020d}-compacted.parquet"
     tmp = log.root / f".{name}.tmp"
     pq.write_table(table.cast(SCHEMA), tmp, compression="zstd")
@@ -94,7 +94,7 @@ def purge_forgotten(log: EventLog, writer: str | None = None) -> Purged:
     for (name,) in hit:
         path = log.root / os.path.basename(name)
         try:
-            table = pq.read_table(path).cast(SCHEMA)
+            table = conform(pq.read_table(path))
         except FileNotFoundError:  # merged away meanwhile: the merged segment filtered them out
             continue
         kept = _without_void(log, table)

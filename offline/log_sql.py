@@ -18,10 +18,11 @@ def num(value: float) -> str:
     return f"CAST({float(value)!r} AS DOUBLE)"
 
 
-def dedup(raw: str) -> str:
+def dedup(raw: str, extra: tuple[str, ...] = ()) -> str:
     """The rows of relation ``raw`` once per ``event_id`` (the first ingested copy); an event without
-    an id is identified by user, song and time."""
-    cols = ", ".join(COLUMNS)
+    an id is identified by user, song and time. ``extra``: more columns to keep (the partition an
+    event was consumed from, which only the workers' restore reads)."""
+    cols = ", ".join(COLUMNS + extra)
     return f"""SELECT {cols} FROM (
         SELECT {cols}, row_number() OVER (
                    PARTITION BY coalesce(event_id, concat('#', user_id, song_id, CAST(ts AS STRING)))

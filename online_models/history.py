@@ -79,6 +79,10 @@ class HistoryStore:
         return np.fromiter((len(r[0]) if (r := get(u)) is not None else 0 for u in users),
                            dtype=np.int64, count=len(users))
 
+    def inactive(self, before: float) -> np.ndarray:
+        """Users whose latest event is older than ``before``."""
+        return np.asarray([u for u, r in self._rows.items() if r[4] < before], dtype=object)
+
     def last_seen(self, users: np.ndarray) -> np.ndarray:
         get = self._rows.get
         return np.fromiter((r[4] if (r := get(u)) is not None else np.nan for u in users),

@@ -134,6 +134,14 @@ class OnlineState:
             self.forgotten[user] = max(self.forgotten.get(user, at), at)
         return dropped
 
+    def drop(self, users: np.ndarray) -> None:
+        """Forget everything learnt per user about ``users`` (a worker no longer holding their
+        partition, or users inactive too long). What they taught the shared signals (song
+        popularity, co-occurrence, the ranker) stays: it is about songs, not about them."""
+        self.history.drop_users(users)
+        self.recent.forget(users)
+        self.vectors.discard(users)
+
     def names_of(self, keys: np.ndarray, index: SongIndex | None) -> np.ndarray:
         """Song names of keys: the served index's, then those learnt from events (songs newer than
         the model); "" for -1."""

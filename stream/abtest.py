@@ -19,7 +19,7 @@ import redis
 from index_manager.artifacts import read_manifest
 from online_models.abtest import combine
 from stream.errors import ConfigError
-from stream.redis_store import RedisKeys, as_text, connect, translate_errors, version_registry
+from stream.redis_store import RedisKeys, as_text, connect_to, translate_errors, version_registry
 from stream.settings import Settings
 from stream.worker.stats import read_stats
 
@@ -86,7 +86,7 @@ def begin(settings: Settings, version: str, share: float, horizon: int) -> tuple
     """``musicrec ab start``: (the new test of ``version``, True), or (the test already running, False)."""
     cfg = settings.stream
     read_manifest(cfg.artifacts_dir, version)  # a clear error now rather than a refusal in every worker
-    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    client, keys = connect_to(cfg), RedisKeys(cfg.redis_namespace)
     running = current_test(client, keys)
     if running is not None:
         return running, False
@@ -98,14 +98,14 @@ def begin(settings: Settings, version: str, share: float, horizon: int) -> tuple
 def report(settings: Settings) -> dict[str, Any]:
     """``musicrec ab status``: the running test and its arms' figures, summed over the workers."""
     cfg = settings.stream
-    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    client, keys = connect_to(cfg), RedisKeys(cfg.redis_namespace)
     return results(current_test(client, keys), read_stats(client, keys))
 
 
 def end(settings: Settings, promote: bool) -> ABTest | None:
     """``musicrec ab stop``: end the test (None if none runs); ``promote`` publishes its treatment."""
     cfg = settings.stream
-    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    client, keys = connect_to(cfg), RedisKeys(cfg.redis_namespace)
     test = stop_test(client, keys)
     if test is not None and promote:
         version_registry(client, keys, cfg.artifacts_dir).publish(test.treatment, {"promoted_from_ab_test": test.salt})

@@ -207,7 +207,7 @@ def recs(user_id: Annotated[str, typer.Argument(help="user id")],
     from stream.redis_store import RecsClient
 
     cfg = _settings().stream
-    result = RecsClient(cfg.redis_url, cfg.redis_namespace).get(user_id, k)
+    result = RecsClient(cfg.redis_url, cfg.redis_namespace, cluster=cfg.redis_cluster).get(user_id, k)
     if result is None:
         err.print("no recommendations published yet (is a worker running?)")
         raise typer.Exit(1)
@@ -226,13 +226,15 @@ def recs(user_id: Annotated[str, typer.Argument(help="user id")],
 
 @app.command()
 def status(check: Annotated[bool, typer.Option(help="health check: exit 1 unless this host's worker "
-                                                     "published stats in the last 30 s")] = False) -> None:
+                                                     "published stats in the last 30 s")] = False,
+           as_json: Annotated[bool, typer.Option("--json", help="print the version and workers as JSON")] = False,
+           ) -> None:
     """Workers' counters and the published model version."""
-    from stream.redis_store import RedisKeys, connect, version_registry
-    from stream.worker.stats import read_stats
+    from stream.redis_store import RedisKeys, connect_to, version_registry
+    from stream.worker.stats import read_stats, status_json
 
     cfg = _settings().stream
-    client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+    client, keys = connect_to(cfg), RedisKeys(cfg.redis_namespace)
     workers = read_stats(client, keys)
     if check:
         from stream.worker.stats import worker_name
@@ -241,14 +243,19 @@ def status(check: Annotated[bool, typer.Option(help="health check: exit 1 unless
         mine = [w for w in workers if (w.get("worker_id") == name or w["worker"].startswith(name + "-"))
                 and time.time() - w["updated_at"] < 30]
         raise typer.Exit(0 if mine else 1)
-    console.print(f"published model: {version_registry(client, keys, cfg.artifacts_dir).published() or 'none'}")
+    published = version_registry(client, keys, cfg.artifacts_dir).published()
+    if as_json:
+        print(json.dumps(status_json(published, workers, time.time())))
+        return
+    console.print(f"published model: {published or 'none'}")
     table = Table(title="workers")
-    for col in ("worker", "version", "events", "refused (DLQ)", "void", "users", "lists backfilled (pending)",
-                "last batch ms", "catalog lag ms", "age s"):
+    for col in ("worker", "version", "partitions", "events", "refused (DLQ)", "void", "users", "RSS MiB",
+                "lists backfilled (pending)", "last batch ms", "catalog lag ms", "age s"):
         table.add_column(col)
     for s in workers:
-        table.add_row(s["worker"], str(s["version"]), str(s["events"]), str(s["refused"]), str(s.get("events_void", 0)),
-                      str(s["users"]), f"{s.get('lists_backfilled', 0)} ({s.get('backfill_pending', 0)})",
+        table.add_row(s["worker"], str(s["version"]), ",".join(map(str, s.get("partitions", []))), str(s["events"]),
+                      str(s["refused"]), str(s.get("events_void", 0)), str(s["users"]), f"{s.get('rss_mb', 0.0):.0f}",
+                      f"{s.get('lists_backfilled', 0)} ({s.get('backfill_pending', 0)})",
                       f"{s['last_batch_ms']:.1f}", f"{s.get('catalog_lag_ms', 0.0):.0f}",
                       f"{time.time() - s['updated_at']:.0f}")
     console.print(table)

@@ -21,7 +21,7 @@ from kafka.errors import KafkaError
 from index_manager.artifacts import ArtifactError
 from stream.errors import ConfigError, ServiceUnavailable
 from stream.kafka_config import bootstrap_timeout, client_config
-from stream.redis_store import RedisKeys, connect, redacted, version_registry
+from stream.redis_store import RedisKeys, connect_to, redacted, version_registry
 from stream.settings import Settings
 from stream.worker.stats import read_stats
 
@@ -84,7 +84,7 @@ class Doctor:
                     f"{self.cfg.songs_topic}, {self.cfg.dlq_topic}")
 
     def redis_check(self) -> tuple[str, str]:
-        connect(self.cfg.redis_url, timeout=CONNECT_TIMEOUT_S)
+        connect_to(self.cfg, timeout=CONNECT_TIMEOUT_S)
         return OK, f"reachable at {redacted(self.cfg.redis_url)}"
 
     def data_dir(self) -> tuple[str, str]:
@@ -95,7 +95,7 @@ class Doctor:
         return OK, f"{root.resolve()} is writable"
 
     def _client(self) -> tuple[redis.Redis, RedisKeys]:
-        return connect(self.cfg.redis_url, timeout=CONNECT_TIMEOUT_S), RedisKeys(self.cfg.redis_namespace)
+        return connect_to(self.cfg, timeout=CONNECT_TIMEOUT_S), RedisKeys(self.cfg.redis_namespace)
 
     def model(self) -> tuple[str, str]:
         client, keys = self._client()

@@ -109,7 +109,7 @@ def faust_app_options(settings: Settings, datadir: str = "faust") -> dict[str, A
         store="memory://", web_enabled=False, topic_partitions=cfg.partitions,
         broker_session_timeout=cfg.session_timeout, broker_heartbeat_interval=max(cfg.session_timeout / 10, 0.5),
         broker_rebalance_timeout=cfg.session_timeout, consumer_auto_offset_reset="earliest",
-        stream_buffer_maxsize=max(4096, 2 * cfg.batch_size), producer_linger=0.005,
+        stream_buffer_maxsize=max(4096, 2 * cfg.batch_size), producer_linger=0.005, producer_acks=-1,
         producer_max_request_size=DLQ_MAX_REQUEST_BYTES, datadir=f"{cfg.data_dir}/{datadir}",
     )
 

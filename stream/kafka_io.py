@@ -8,6 +8,7 @@ against Tansu); group consumption is Faust's job (``stream.worker``). Client set
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from stream.errors import ServiceUnavailable
 from stream.events import Song, encode_batch, encode_song
 from stream.kafka_config import bootstrap_timeout, client_config
 from stream.settings import StreamConfig
+
+log = logging.getLogger("musicrec.kafka")
 
 # Connecting at start-up: kafka-python waits up to 30 s per bootstrap by default, so six attempts
 # took minutes before a worker pointed at a dead broker said so. Candidates for settings.
@@ -45,39 +48,83 @@ def with_retries(what: str, fn: Any, attempts: int = CONNECT_ATTEMPTS, first_del
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def wanted_topics(cfg: StreamConfig) -> list[NewTopic]:
+    """The three topics as this tool creates them: replication and ``min.insync.replicas`` from the
+    settings; the catalog compacted, so its latest message per song is kept forever."""
+    durable = {"min.insync.replicas": str(cfg.min_insync_replicas)}
+    rf = cfg.replication_factor
+    return [NewTopic(cfg.events_topic, cfg.partitions, rf, topic_configs=dict(durable)),
+            NewTopic(cfg.songs_topic, 1, rf, topic_configs={**durable, "cleanup.policy": "compact"}),
+            NewTopic(cfg.dlq_topic, 1, rf, topic_configs=dict(durable))]
+
+
+def create_missing(admin: Any, wanted: list[NewTopic]) -> list[str]:
+    """Create the topics of ``wanted`` that do not exist; returns their names. A broker that refuses a
+    topic's configs (the embedded Tansu stores none of them; an old broker may not know one) gets
+    the topic without them, and a warning saying which configs are missing where."""
+    existing = set(admin.list_topics())
+    missing = [t for t in wanted if t.name not in existing]
+    for topic in missing:
+        try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
+                admin.create_topics([topic])
+        except KafkaError as exc:
+            if not topic.topic_configs:
+                raise
+            log.warning("the broker refused topic %s with configs %s (%s); creating it without them: set them "
+                        "on the broker or the topic yourself", topic.name, topic.topic_configs, exc)
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(topic.name, topic.num_partitions, topic.replication_factor)])
+    return [t.name for t in missing]
+
+
 def ensure_topics(cfg: StreamConfig, attempts: int = CONNECT_ATTEMPTS, first_delay: float = CONNECT_FIRST_DELAY_S,
                   connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Create the events, catalog and dead-letter topics if they do not exist (idempotent).
+    """Create the events, catalog and dead-letter topics if they do not exist (idempotent; existing
+    topics keep their configuration, see :func:`wanted_topics`).
 
     This is the first thing ``musicrec worker`` and ``musicrec replay`` do, so an unreachable broker
     surfaces here: ``attempts`` tries of at most ``connect_timeout`` s each, with backoff from
     ``first_delay`` s in between (about 15 s in all with the defaults), then ``ServiceUnavailable``."""
-    wanted = [NewTopic(cfg.events_topic, cfg.partitions, 1), NewTopic(cfg.songs_topic, 1, 1),
-              NewTopic(cfg.dlq_topic, 1, 1)]
+    wanted = wanted_topics(cfg)
 
     def create() -> None:
         admin = KafkaAdminClient(**client_config(cfg), request_timeout_ms=10000,
                                  **bootstrap_timeout(KafkaAdminClient, connect_timeout))
         try:
-            existing = set(admin.list_topics())
-            missing = [t for t in wanted if t.name not in existing]
-            if missing:
-                with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
-                    admin.create_topics(missing)
+            create_missing(admin, wanted)
         finally:
             admin.close()
 
     with_retries("creating topics", create, attempts, first_delay)
 
 
+def topic_partitions(cfg: StreamConfig, topic: str, attempts: int = CONNECT_ATTEMPTS) -> int:
+    """How many partitions ``topic`` has (the modulus of the producers' partitioner)."""
+    def count() -> int:
+        consumer = KafkaConsumer(**client_config(cfg), enable_auto_commit=False,
+                                 **bootstrap_timeout(KafkaConsumer, CONNECT_TIMEOUT_S))
+        try:
+            found = consumer.partitions_for_topic(topic)
+        finally:
+            consumer.close()
+        if not found:
+            raise ServiceUnavailable(f"topic {topic} has no partitions (does it exist?)")
+        return len(found)
+
+    return int(with_retries(f"reading the partitions of {topic}", count, attempts))
+
+
 class EventProducer:
-    """Validating producer of listening and catalog events (kafka-python)."""
+    """Validating producer of listening and catalog events (kafka-python): acks=all and idempotent,
+    so an acknowledged event is on every in-sync replica, and a retried send is written once. Keys
+    go to partitions by murmur2, the Java client's partitioner (see the README for other clients)."""
 
     def __init__(self, cfg: StreamConfig, linger_ms: int = 5, attempts: int = CONNECT_ATTEMPTS,
                  max_block_ms: int = 60_000) -> None:
         self.cfg = cfg
         self._producer: KafkaProducer = with_retries("connecting the producer", lambda: KafkaProducer(
-            **client_config(cfg), linger_ms=linger_ms, batch_size=1 << 16, acks=1, retries=5,
+            **client_config(cfg), linger_ms=linger_ms, batch_size=1 << 16, acks="all", enable_idempotence=True,
             max_block_ms=max_block_ms), attempts)
 
     def send_events(self, batch: EventBatch, topic: str | None = None) -> int:

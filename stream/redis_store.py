@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from index_manager.registry import VersionRegistry
 from online_models.base import MAX_K, RecList
 from stream.errors import ConfigError, ServiceUnavailable
+from stream.settings import StreamConfig
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9\-_.~@]*")  # exactly what quote(safe="-_.~@") leaves alone
 
@@ -53,14 +54,16 @@ class RedisKeys:
     def popular(self) -> str:
         return f"{self.namespace}:popular"
 
+    # the pointer and the history change in one transaction: the hash tag keeps them in one slot of
+    # a Redis Cluster (only the part in braces is hashed)
     def model_pointer(self) -> str:
-        return f"{self.namespace}:model:current"
+        return f"{self.namespace}:{{model}}:current"
 
     def model_channel(self) -> str:
         return f"{self.namespace}:model:published"
 
     def model_history(self) -> str:
-        return f"{self.namespace}:model:history"
+        return f"{self.namespace}:{{model}}:history"
 
     def ab_test(self) -> str:
         return f"{self.namespace}:ab"
@@ -76,13 +79,19 @@ def as_text(raw: bytes | str) -> str:
     return raw.decode("utf-8") if isinstance(raw, bytes) else raw
 
 
-def connect(url: str, timeout: float = 2.0) -> redis.Redis:
-    """A redis-py client for ``url`` (redis://, rediss://, unix://), checked with PING."""
+def connect(url: str, timeout: float = 2.0, cluster: bool = False) -> redis.Redis:
+    """A redis-py client for ``url`` (redis://, rediss://, unix://), checked with PING. With
+    ``cluster``, ``url`` names any node of a Redis Cluster and the client follows the slot map
+    (a ``redis.RedisCluster``, which offers the same commands; see :func:`mget` and :func:`scan_step`)."""
     if not url:
         raise ConfigError("REDIS_URL is not set (or run `musicrec up` and export what it prints)")
     try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                      health_check_interval=30)
+        if cluster:
+            client: redis.Redis = redis.RedisCluster.from_url(  # type: ignore[assignment]
+                url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30)
+        else:
+            client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                          health_check_interval=30)
         client.ping()
     except ValueError as exc:
         raise ConfigError(f"REDIS_URL is not a valid Redis URL ({exc})") from exc
@@ -91,14 +100,57 @@ def connect(url: str, timeout: float = 2.0) -> redis.Redis:
     return client
 
 
+def connect_to(cfg: StreamConfig, timeout: float = 2.0) -> redis.Redis:
+    """:func:`connect` with the settings' URL and cluster mode."""
+    return connect(cfg.redis_url, timeout, cfg.redis_cluster)
+
+
+def is_cluster(client: redis.Redis) -> bool:
+    return isinstance(client, redis.RedisCluster)
+
+
+def mget(client: redis.Redis, keys: Sequence[str | bytes]) -> list[Any]:
+    """Values of ``keys`` in their order. On a cluster, one MGET per slot (``mget_nonatomic``): a
+    single MGET over keys of several slots is refused there."""
+    if not keys:
+        return []
+    if is_cluster(client):
+        return client.mget_nonatomic(list(keys))  # type: ignore[attr-defined]
+    return client.mget(keys)
+
+
+ScanCursor = int | dict[str, int]
+
+
+def scan_step(client: redis.Redis, cursor: ScanCursor, match: str, count: int) -> tuple[ScanCursor, list[Any]]:
+    """One bounded SCAN step over every key matching ``match``; start and end with cursor 0. On a
+    cluster the cursor holds one position per primary, each stepped once per call."""
+    if not is_cluster(client):
+        return client.scan(int(cursor) if not isinstance(cursor, dict) else 0, match=match, count=count)
+    scan: Any = client.scan  # a cluster's SCAN answers (cursor per primary, keys), not redis.Redis's shape
+    cursors: dict[str, int] = {}
+    keys: list[Any] = []
+    if not isinstance(cursor, dict) or not cursor:
+        cursors, keys = scan(match=match, count=count)  # every primary, from their start
+    else:
+        for name, position in cursor.items():
+            node = client.get_node(node_name=name)  # type: ignore[attr-defined]
+            step, found = scan(position, match=match, count=count, target_nodes=node)
+            cursors.update(step)
+            keys += found
+    left = {name: c for name, c in cursors.items() if c}
+    return (left or 0), list(keys)
+
+
 class LazyRedis:
     """One redis-py client, connected on first use: a reader (the API) must start, and answer 503,
     while Redis is down rather than refuse to start. redis-py reconnects by itself after that."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, cluster: bool = False) -> None:
         if not url:
             raise ConfigError("REDIS_URL is not set (or run `musicrec up` and export what it prints)")
         self.url = url
+        self.cluster = cluster
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
 
@@ -107,7 +159,7 @@ class LazyRedis:
         if client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = connect(self.url)
+                    self._client = connect(self.url, cluster=self.cluster)
                 client = self._client
         return client
 
@@ -230,7 +282,11 @@ class RecsWriter:
         if not len(users):
             return 0
         with translate_errors("deleting recommendations"):
-            return int(self.client.delete(*[self.keys.recs(u) for u in users]))
+            # one DEL per key, pipelined: a multi-key DEL would span a cluster's slots
+            pipe = self.client.pipeline(transaction=False)
+            for user in users:
+                pipe.delete(self.keys.recs(user))
+            return int(sum(pipe.execute()))
 
     def holding(self, users: Sequence[str], song_ids: Sequence[str], chunk: int = 1000) -> list[str]:
         """Those of ``users`` whose stored list holds any of ``song_ids`` (read in MGETs of ``chunk``;
@@ -240,7 +296,7 @@ class RecsWriter:
         for start in range(0, len(users), chunk):
             part = list(users[start:start + chunk])
             with translate_errors("reading recommendations"):
-                values = self.client.mget([self.keys.recs(u) for u in part])
+                values = mget(self.client, [self.keys.recs(u) for u in part])
             found += [u for u, raw in zip(part, values, strict=True)
                       if raw is not None and any(n in raw for n in needles)]
         return found
@@ -249,8 +305,9 @@ class RecsWriter:
 class RecsClient:
     """What a reading service uses: ``get`` / ``get_many`` with a popularity fallback."""
 
-    def __init__(self, url: str, namespace: str = "musicrec", client: redis.Redis | None = None) -> None:
-        self.client = client or connect(url)
+    def __init__(self, url: str, namespace: str = "musicrec", client: redis.Redis | None = None,
+                 cluster: bool = False) -> None:
+        self.client = client or connect(url, cluster=cluster)
         self.keys = RedisKeys(namespace)
 
     def get(self, user_id: str, k: int = 10) -> Recs | None:
@@ -262,11 +319,12 @@ class RecsClient:
         if not 0 < k <= MAX_K:
             raise ValueError(f"k must be within 1..{MAX_K}, got {k}")
         # one MGET rather than a pipeline of GETs: redis-py packs and parses one command instead of
-        # one per user, which was a third of a batch's cost (see `musicrec bench serve`)
+        # one per user, which was a third of a batch's cost (see `musicrec bench serve`); on a
+        # cluster, one MGET per slot
         keys = [self.keys.recs(user) for user in user_ids]
         keys.append(self.keys.popular())
         with translate_errors("reading recommendations"):
-            *values, popular = self.client.mget(keys)
+            *values, popular = mget(self.client, keys)
         fallback: Recs | None = None
         out: list[Recs | None] = []
         for raw in values:
@@ -288,7 +346,7 @@ class RecsClient:
         if not 0 < k <= MAX_K:
             raise ValueError(f"k must be within 1..{MAX_K}, got {k}")
         with translate_errors("reading recommendations"):
-            raw, popular = self.client.mget([self.keys.recs(user_id), self.keys.popular()])
+            raw, popular = mget(self.client, [self.keys.recs(user_id), self.keys.popular()])
         if raw is not None:
             base = Recs.decode(raw)
         elif popular is not None:
@@ -304,8 +362,8 @@ class RecsClient:
 
 class RedisPointer:
     """The version registry's pointer and history in Redis (``index_manager.registry.PointerStore``):
-    ``<ns>:model:current``, ``<ns>:model:history`` (a list, newest first), and a message on
-    ``<ns>:model:published`` for whoever subscribes."""
+    ``<ns>:{model}:current``, ``<ns>:{model}:history`` (a list, newest first; both in one hash slot),
+    and a message on ``<ns>:model:published`` for whoever subscribes."""
 
     def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
         self.client = client
@@ -322,8 +380,9 @@ class RedisPointer:
             pipe.set(self.keys.model_pointer(), version)
             pipe.lpush(self.keys.model_history(), record)
             pipe.ltrim(self.keys.model_history(), 0, keep - 1)
-            pipe.publish(self.keys.model_channel(), version)
             pipe.execute()
+            # outside the transaction: a cluster refuses PUBLISH in one (a channel has no slot)
+            self.client.publish(self.keys.model_channel(), version)
 
     def record(self, record: str, keep: int) -> None:
         with translate_errors("recording a model version"):

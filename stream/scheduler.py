@@ -16,7 +16,7 @@ from offline.errors import EngineUnavailable
 from offline.eventlog import EventLog
 from offline.retrain import RetrainResult, retrain
 from stream.errors import ConfigError, ServiceUnavailable
-from stream.redis_store import RedisKeys, connect, version_registry
+from stream.redis_store import RedisKeys, connect_to, version_registry
 from stream.settings import Settings
 
 log = logging.getLogger("musicrec.retrain")
@@ -26,7 +26,7 @@ def run_retrain(settings: Settings, until: float | None = None, publish: bool = 
                 console: Console | None = None) -> RetrainResult:
     """One retrain: train, gate against the published version, then publish or record the refusal."""
     cfg = settings.stream
-    registry = version_registry(connect(cfg.redis_url), RedisKeys(cfg.redis_namespace), cfg.artifacts_dir) \
+    registry = version_registry(connect_to(cfg), RedisKeys(cfg.redis_namespace), cfg.artifacts_dir) \
         if publish else None
     served = registry.published_artifact() if registry is not None else None
     result = retrain(EventLog(cfg.log_dir), cfg.artifacts_dir, settings.model, settings.train, settings.ncf,

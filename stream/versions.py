@@ -10,7 +10,7 @@ from typing import Any
 from index_manager.artifacts import ArtifactError
 from index_manager.registry import VersionRegistry
 from stream.abtest import current_test
-from stream.redis_store import RedisKeys, connect, version_registry
+from stream.redis_store import RedisKeys, connect_to, version_registry
 from stream.settings import Settings
 from stream.worker.stats import read_stats
 
@@ -43,7 +43,7 @@ class VersionsView:
 
     def __init__(self, settings: Settings) -> None:
         cfg = settings.stream
-        client, keys = connect(cfg.redis_url), RedisKeys(cfg.redis_namespace)
+        client, keys = connect_to(cfg), RedisKeys(cfg.redis_namespace)
         self.registry: VersionRegistry = version_registry(client, keys, cfg.artifacts_dir)
         test = current_test(client, keys)
         self.treatment = None if test is None else test.treatment

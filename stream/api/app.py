@@ -95,7 +95,7 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(settings: Settings) -> FastAPI:
     """The read API and dashboard for ``settings`` (Redis, data dir, topics, namespace, API key)."""
-    handle = LazyRedis(settings.stream.redis_url)
+    handle = LazyRedis(settings.stream.redis_url, settings.stream.redis_cluster)
     try:  # a malformed URL fails now (ConfigError); an unreachable Redis is only reported
         handle.get()
     except ServiceUnavailable as exc:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from stream.redis_store import Recs, RedisKeys, translate_errors
+from stream.redis_store import Recs, RedisKeys, ScanCursor, mget, scan_step, translate_errors
 
 FRESHNESS_WINDOW_S = 300.0  # p50/p99 cover values written in the last 5 minutes
 FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -56,7 +56,7 @@ class FreshnessSampler:
 
     def __init__(self, buckets: tuple[float, ...] = FRESHNESS_BUCKETS) -> None:
         self.buckets = buckets
-        self.cursor = 0
+        self.cursor: ScanCursor = 0
         self._seen: OrderedDict[bytes | str, float] = OrderedDict()
         self._recent: deque[tuple[float, float]] = deque(maxlen=RECENT_MAX)
         self._counts = [0] * (len(buckets) + 1)
@@ -71,9 +71,9 @@ class FreshnessSampler:
     def sample(self, client: redis.Redis, pattern: str, now: float) -> list[float]:
         """One bounded SCAN step; returns the freshness of each new write observed (seconds)."""
         with translate_errors("sampling recommendation values"):
-            self.cursor, keys = client.scan(self.cursor, match=pattern, count=SCAN_PER_TICK)
+            self.cursor, keys = scan_step(client, self.cursor, pattern, SCAN_PER_TICK)
             keys = keys[:2 * SCAN_PER_TICK]
-            values = client.mget(keys) if keys else []
+            values = mget(client, keys)
         new: list[float] = []
         for key, raw in zip(keys, values, strict=True):
             if raw is None:

@@ -28,6 +28,7 @@ from stream.kafka_config import faust_app_options, use_fetch_max_wait
 from stream.worker.dead_letters import DeadLetterSender
 from stream.worker.messages import Message
 from stream.worker.parts import WorkerParts
+from stream.worker.start import evict_inactive, rebalance
 
 log = logging.getLogger("musicrec.worker")
 
@@ -35,6 +36,7 @@ REDIS_RETRY_MAX_S = 5.0
 CATALOG_BATCH = 500
 COMPACT_EVERY_S = 30.0
 STATS_EVERY_S = 2.0
+EVICT_EVERY_S = 60.0
 REMOVALS_EVERY_S = 1.0  # hidden songs and forgotten users take effect within this
 BACKFILL_PAUSE_S = 0.005  # at least, between two backfill batches
 BACKFILL_IDLE_S = 0.2
@@ -65,6 +67,10 @@ class WorkerApp:
         self.app = app = faust.App(cfg.app_id, **faust_app_options(parts.settings))
         events = app.topic(cfg.events_topic, key_type=bytes, value_type=bytes, partitions=cfg.partitions)
         songs = app.topic(cfg.songs_topic, key_type=bytes, value_type=bytes)
+        # set while the state holds exactly the assigned partitions' users: Faust may resume fetching
+        # a gained partition before the assignment callback (its restore) returns, and an event
+        # processed mid-restore would be learnt before its history, and once more if redelivered
+        self.settled = asyncio.Event()
         self.dead_letters = DeadLetterSender(app.topic(cfg.dlq_topic, key_type=bytes, value_type=bytes))
         app.agent(events, name="musicrec.events")(self.consume_events)
         app.agent(songs, name="musicrec.catalog")(self.store_catalog)
@@ -75,6 +81,24 @@ class WorkerApp:
         app.task(self.backfill_lists)
         self._log_lock = asyncio.Lock()  # merging and purging this worker's segments, one at a time
         app.timer(STATS_EVERY_S, name="musicrec.stats")(self.publish_stats)
+        app.timer(EVICT_EVERY_S, name="musicrec.eviction")(self.evict_inactive)
+        app.on_partitions_assigned.connect(self.on_partitions_assigned)  # type: ignore[arg-type]  # mode types a union of callables
+
+    async def on_partitions_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        """Restore the users of partitions gained, drop those of partitions lost. Faust awaits this
+        with the new partitions paused, so no event of theirs is processed before their history."""
+        assigned: set[Any] = args[0] if args else kwargs.get("assigned", set())
+        topic = self.parts.settings.stream.events_topic
+        self.settled.clear()
+        try:
+            await rebalance(self.parts, {tp.partition for tp in assigned if tp.topic == topic})
+        finally:
+            self.settled.set()
+
+    async def evict_inactive(self) -> None:
+        evicted = evict_inactive(self.parts)
+        if evicted:
+            log.info("evicted %d users inactive for %g days", evicted, self.parts.settings.stream.state_ttl)
 
     async def _dead(self, dead: list[Any]) -> None:
         if dead:
@@ -84,6 +108,7 @@ class WorkerApp:
     async def consume_events(self, stream: faust.StreamT) -> None:
         cfg = self.parts.settings.stream
         async for events in stream.take_events(cfg.batch_size, within=cfg.batch_within):  # type: ignore[attr-defined]
+            await self.settled.wait()
             await self._dead(await with_redis_retry("processing a batch", self.parts.processor.process,
                                                     _messages(events)))
 
@@ -162,7 +187,7 @@ class WorkerApp:
         parts = self.parts
         parts.backfill_all()
         while True:
-            if len(parts.backfill) and self._follow_assignment():
+            if len(parts.backfill) and self.settled.is_set() and self._follow_assignment():
                 started = time.perf_counter()
                 await with_redis_retry("writing lists", parts.backfill.step)
                 # as long again for the events: the agent's path from a fetch to a batch takes several

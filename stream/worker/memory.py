@@ -11,6 +11,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+import resource
+import sys
 
 log = logging.getLogger("musicrec.worker")
 
@@ -29,3 +32,14 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     except (OSError, AttributeError):  # musl or another libc: nothing to pin
         log.info("mallopt unavailable; resident memory may creep under load")
         return False
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (MiB); the peak where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024

@@ -24,6 +24,8 @@ from stream.worker.backfill import Backfill, Ownership
 from stream.worker.catalog import CatalogIntake
 from stream.worker.dedup import APPLIED_IDS, AppliedEvents
 from stream.worker.lists import ActiveUsers, ListWriter
+from stream.worker.memory import rss_mb
+from stream.worker.partitions import Holdings
 from stream.worker.processor import BatchProcessor
 from stream.worker.removals import Removals
 from stream.worker.stats import Counters, LatencyWindow, publish_stats, worker_name
@@ -48,6 +50,7 @@ class WorkerParts:
     processor: BatchProcessor
     backfill: Backfill
     removals: Removals
+    holdings: Holdings  # the events-topic partitions held, and whose users they hold
 
     @classmethod
     def build(cls, settings: Settings, client: redis.Redis, worker_id: str | None = None,
@@ -63,13 +66,14 @@ class WorkerParts:
         applied = AppliedEvents(applied_ids)
         log = EventLog(cfg.log_dir)
         backfill = Backfill(lists, Ownership(), cfg.backfill_batch)
+        holdings = Holdings(cfg.partitions)
         processor = BatchProcessor(model, log, worker_id, lists, ab, applied, active, counters, freshness,
-                                   backfill=backfill)
+                                   backfill=backfill, holdings=holdings)
         removals = Removals(model, log, HiddenSongs(cfg.catalog_dir), lists.writer, backfill, active, counters)
         removals.load()
         return cls(settings, worker_id, client, keys, version_registry(client, keys, cfg.artifacts_dir), model,
                    VersionFollower(load, model.holder), ab, CatalogIntake(CatalogStore(cfg.catalog_dir), counters),
-                   active, lists, applied, counters, freshness, processor, backfill, removals)
+                   active, lists, applied, counters, freshness, processor, backfill, removals, holdings)
 
     @property
     def log(self) -> EventLog:
@@ -118,7 +122,8 @@ class WorkerParts:
         stats: dict[str, Any] = dict(
             self.counters.as_dict(), freshness_p50_ms=p50, freshness_p95_ms=p95, freshness_p99_ms=p99,
             version=self.model.holder.version, users=len(self.model.state), swaps=self.versions.swaps,
-            refused_versions=self.versions.refused, worker_id=worker_name(self.settings.stream))
+            refused_versions=self.versions.refused, worker_id=worker_name(self.settings.stream),
+            partitions=sorted(self.holdings.partitions), rss_mb=round(rss_mb(), 1))
         ab = self.ab.summary()
         if ab is not None:
             stats["ab"] = ab

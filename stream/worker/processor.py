@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from offline.eventlog import EventLog
+from online_models.batch import EventBatch
 from online_models.online import OnlineALS
 from stream.events import parse_events
 from stream.worker.ab_arm import ABArm
@@ -19,13 +20,22 @@ from stream.worker.backfill import Backfill
 from stream.worker.dedup import AppliedEvents
 from stream.worker.lists import ActiveUsers, ListWriter, last_per_user
 from stream.worker.messages import DeadLetter, Message
+from stream.worker.partitions import Holdings
 from stream.worker.stats import Counters, LatencyWindow
+
+
+def partitions_of(events: EventBatch, batch: EventBatch, partitions: np.ndarray) -> np.ndarray:
+    """The partitions of ``events``, a subset of ``batch`` whose events came from ``partitions``."""
+    if len(events) == len(batch):
+        return partitions
+    where = dict(zip(batch.event_ids.tolist(), partitions.tolist(), strict=True))
+    return np.fromiter((where[e] for e in events.event_ids.tolist()), np.int32, len(events))
 
 
 class BatchProcessor:
     def __init__(self, model: OnlineALS, log: EventLog, worker_id: str, lists: ListWriter, ab: ABArm,
                  applied: AppliedEvents, active: ActiveUsers, counters: Counters, freshness: LatencyWindow,
-                 backfill: Backfill | None = None) -> None:
+                 backfill: Backfill | None = None, holdings: Holdings | None = None) -> None:
         self.model = model
         self.log = log
         self.worker_id = worker_id
@@ -36,6 +46,7 @@ class BatchProcessor:
         self.counters = counters
         self.freshness = freshness
         self.backfill = backfill
+        self.holdings = holdings if holdings is not None else Holdings()
 
     def process(self, messages: list[Message]) -> list[DeadLetter]:
         """Handle one micro-batch; returns the dead letters the caller must produce before acking."""
@@ -55,7 +66,9 @@ class BatchProcessor:
             # very batch again after a failed Redis write) is neither appended nor learnt a second
             # time; its user's list is still recomputed and written.
             new_events, duplicates = self.applied.split(batch)
-            self.log.append(new_events, writer=self.worker_id)
+            partitions = np.fromiter((messages[i].partition for i in positions.tolist()), np.int32, len(batch))
+            self.log.append(new_events, writer=self.worker_id, partitions=partitions_of(new_events, batch, partitions))
+            self.holdings.observe(batch.user_ids, partitions, batch.ts)
             produced = np.array([messages[i].timestamp for i in positions.tolist()], dtype=np.float64)
             self.model.partial_fit(new_events)
             self.applied.folded_in(new_events)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from stream.redis_store import RedisKeys, translate_errors
+from stream.redis_store import RedisKeys, mget, translate_errors
 from stream.settings import StreamConfig
 
 STATS_TTL_S = 300
@@ -27,6 +27,7 @@ class Counters:
     events: int = 0
     refused: int = 0  # counted once delivered to the dead-letter topic
     duplicates: int = 0  # valid events already folded in (Kafka redelivery): logged and learnt once
+    evicted: int = 0  # users dropped after MUSICREC_STATE_TTL without an event
     batches: int = 0
     users_written: int = 0
     last_batch_ms: float = 0.0
@@ -95,5 +96,14 @@ def read_stats(client: redis.Redis, keys: RedisKeys) -> list[dict[str, Any]]:
     """Every live worker's stats, ordered by worker id."""
     with translate_errors("reading worker stats"):
         names = sorted(client.scan_iter(keys.stats_pattern(), count=100))
-        raws = client.mget(names) if names else []
+        raws = mget(client, names)
     return [s for raw in raws if raw is not None and (s := parse_stats(raw)) is not None]
+
+
+def status_json(version: str | None, workers: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    """``musicrec status --json``: the published version and, per live worker, what it holds."""
+    return {"version": version, "workers": [
+        {"id": w["worker"], "partitions": list(w.get("partitions", [])), "users": int(w.get("users", 0)),
+         "events": int(w.get("events", 0)), "refused": int(w.get("refused", 0)),
+         "rss_mb": float(w.get("rss_mb", 0.0)), "age_s": round(max(now - float(w["updated_at"]), 0.0), 1)}
+        for w in workers]}

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stream.redis_store import RedisKeys, connect, version_registry
+from stream.redis_store import RedisKeys, connect_to, version_registry
 from stream.settings import Settings, to_env
 from stream.worker.stats import read_stats
 from tests.conftest import REPO
@@ -26,12 +26,12 @@ def run_cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.
 def publish(settings: Settings, version: str) -> None:
     """Point the settings' workers at ``version``."""
     cfg = settings.stream
-    version_registry(connect(cfg.redis_url), RedisKeys(cfg.redis_namespace), cfg.artifacts_dir).publish(version)
+    version_registry(connect_to(cfg), RedisKeys(cfg.redis_namespace), cfg.artifacts_dir).publish(version)
 
 
 def published(settings: Settings) -> str | None:
     cfg = settings.stream
-    return version_registry(connect(cfg.redis_url), RedisKeys(cfg.redis_namespace), cfg.artifacts_dir).published()
+    return version_registry(connect_to(cfg), RedisKeys(cfg.redis_namespace), cfg.artifacts_dir).published()
 
 
 class WorkerProcess:
@@ -41,7 +41,7 @@ class WorkerProcess:
         self.settings = settings
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
-        self.redis = connect(settings.stream.redis_url)
+        self.redis = connect_to(settings.stream)
         self.keys = RedisKeys(settings.stream.redis_namespace)
 
     def start(self) -> WorkerProcess:

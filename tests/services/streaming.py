@@ -113,13 +113,23 @@ def wait_all_logged(log_dir: Path, ids: list[str], timeout: float, context: Call
                              f"\n{context()}") from None
 
 
-def log_counts(log_dir: Path, ids: list[str]) -> tuple[int, int, int]:
-    """(rows in the log's segments, distinct event ids among them, how many of ``ids`` are missing)."""
+def log_counts(log_dir: Path, ids: list[str], attempts: int = 3) -> tuple[int, int, int]:
+    """(rows in the log's segments, distinct event ids among them, how many of ``ids`` are missing).
+    Counted again when a worker merged a listed segment away meanwhile."""
+    import duckdb
+
     log = EventLog(log_dir)
-    with closing(log.connect()) as con:
-        row = con.execute("SELECT count(*), count(DISTINCT event_id) FROM raw_events").fetchall()[0]
-        con.register("wanted", _ids_table(ids))
-        missing = con.execute("SELECT count(*) FROM wanted ANTI JOIN raw_events USING (event_id)").fetchall()[0]
+    for attempt in range(attempts):
+        try:
+            with closing(log.connect()) as con:
+                row = con.execute("SELECT count(*), count(DISTINCT event_id) FROM raw_events").fetchall()[0]
+                con.register("wanted", _ids_table(ids))
+                missing = con.execute("SELECT count(*) FROM wanted ANTI JOIN raw_events USING (event_id)"
+                                      ).fetchall()[0]
+            break
+        except duckdb.IOException:
+            if attempt == attempts - 1:
+                raise
     assert row is not None and missing is not None
     return int(row[0]), int(row[1]), int(missing[0])
 

