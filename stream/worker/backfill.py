@@ -20,17 +20,9 @@ from collections.abc import Iterable
 from itertools import islice
 
 import numpy as np
-from kafka.partitioner.default import murmur2
 
 from stream.worker.lists import ListWriter
-
-
-def partition_of(users: np.ndarray, partitions: int) -> np.ndarray:
-    """The events-topic partition of each user id, as Kafka's default partitioner places its events."""
-    if partitions <= 0:
-        raise ValueError("partitions must be positive")
-    return np.fromiter(((murmur2(u.encode("utf-8")) & 0x7FFFFFFF) % partitions for u in users), np.int64,
-                       count=len(users))
+from stream.worker.partitions import key_partitions
 
 
 class Ownership:
@@ -58,7 +50,7 @@ class Ownership:
             return np.ones(len(users), bool)
         if not self.known:
             return np.zeros(len(users), bool)
-        return np.isin(partition_of(users, self.partitions), np.fromiter(self.assigned, np.int64))
+        return np.isin(key_partitions(users, self.partitions), np.fromiter(self.assigned, np.int64))
 
 
 class Backfill:

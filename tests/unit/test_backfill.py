@@ -9,7 +9,8 @@ import pytest
 from kafka.cluster import ClusterMetadata
 from kafka.partitioner.default import DefaultPartitioner
 
-from stream.worker.backfill import Backfill, Ownership, partition_of
+from stream.worker.backfill import Backfill, Ownership
+from stream.worker.partitions import key_partitions
 
 
 class _Cluster(ClusterMetadata):  # type: ignore[misc]
@@ -32,8 +33,8 @@ def test_a_user_belongs_to_the_partition_the_producer_sends_their_events_to() ->
     for n in (1, 2, 8):
         cluster = _Cluster(n)
         expected = [DefaultPartitioner().partition("t", u.encode(), u.encode(), None, None, cluster) for u in users]
-        assert partition_of(users, n).tolist() == expected
-    assert len(set(partition_of(users, 8).tolist())) == 8
+        assert key_partitions(users, n).tolist() == expected
+    assert len(set(key_partitions(users, 8).tolist())) == 8
 
 
 class _Lists:
@@ -57,7 +58,7 @@ def test_the_backfill_writes_owned_users_in_batches_front_first_each_once() -> N
     backfill.enqueue(users)
     backfill.enqueue(["u5", "u19"], front=True)  # e.g. their lists hold a song just hidden
     assert backfill.step() == 0 and len(backfill) == 20, "no partitions assigned yet: nothing written"
-    mine = partition_of(np.array(users, dtype=object), 2) == 1
+    mine = key_partitions(np.array(users, dtype=object), 2) == 1
     ownership.assign(2, [1])
     while len(backfill):
         assert backfill.step() <= 3
