@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.convertors import CONVERTOR_TYPES, PathConvertor
 from starlette.exceptions import HTTPException
 
 from index_manager.holder import NoModel
@@ -93,6 +94,13 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
 
+class IdConvertor(PathConvertor):
+    """Starlette's ``path`` matches ``.*``, which stops at a newline: an id holding one would be a
+    404 from the router instead of the 400 that ``check_id`` gives every other bad id."""
+
+    regex = "(?s:.*)"
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The read API and dashboard for ``settings`` (Redis, data dir, topics, namespace, API key)."""
     handle = LazyRedis(settings.stream.redis_url, settings.stream.redis_cluster)
@@ -118,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.gather(*state.tasks, return_exceptions=True)
             await asyncio.to_thread(state.close)
 
+    CONVERTOR_TYPES.setdefault("id", IdConvertor())  # Starlette's registry: adding it twice is a no-op
     app = FastAPI(title="musicrec read API", version="1", lifespan=lifespan,
                   description="Recommendations, similar songs, HTTP ingestion, health, Prometheus metrics and a "
                               "live dashboard. With MUSICREC_API_KEY set, every operation but /health and "
@@ -149,24 +158,25 @@ def _add_routes(app: FastAPI, settings: Settings) -> None:
         app.add_api_route(path, endpoint, methods=[method], tags=[tag], dependencies=[] if open_ else guard,
                           responses={**responses, **({} if open_ else locked)}, **kw)
 
-    # :path converters: an id may contain "/" (sent percent-encoded); check_id decides what is valid
+    # :id converters (any text, newlines too): an id may contain "/" (sent percent-encoded);
+    # check_id decides what is valid
     # /recs/batch before /recs/{user_id}: a POST-only path must answer other methods with Allow: POST
     add("/recs/batch", ingest.post_recs_batch, "read", {**BAD_BODY, **TOO_LARGE, **OUT_OF_RANGE, **UNAVAILABLE},
         method="POST", response_model=RecsBatchOut, openapi_extra=ingest.request_body(
             ingest.recs_batch_body_schema(max_batch)))
-    add("/recs/{user_id:path}", routes.get_recs, "read", {**BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE})
-    add("/similar/{song_id:path}", routes.get_similar, "read", {
+    add("/recs/{user_id:id}", routes.get_recs, "read", {**BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE})
+    add("/similar/{song_id:id}", routes.get_similar, "read", {
         **BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE,
         404: {"model": ErrorOut, "description": "song not in the published version, hidden, or no version published"}})
-    add("/users/{user_id:path}/events", routes.get_user_events, "read", {**BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE})
-    # DELETE /users/{id}/events is not a forget of user "{id}/events" (the :path converter would say so)
-    app.add_api_route("/users/{user_id:path}/events", routes.not_allowed(["GET"]), methods=["DELETE"],
+    add("/users/{user_id:id}/events", routes.get_user_events, "read", {**BAD_ID, **OUT_OF_RANGE, **UNAVAILABLE})
+    # DELETE /users/{id}/events is not a forget of user "{id}/events" (the :id converter would say so)
+    app.add_api_route("/users/{user_id:id}/events", routes.not_allowed(["GET"]), methods=["DELETE"],
                       include_in_schema=False)
-    add("/users/{user_id:path}", routes.forget_user, "removals", {**BAD_ID, **UNAVAILABLE}, method="DELETE",
+    add("/users/{user_id:id}", routes.forget_user, "removals", {**BAD_ID, **UNAVAILABLE}, method="DELETE",
         response_model=ForgottenOut)
-    add("/songs/{song_id:path}/hide", routes.hide_song, "removals", {**BAD_ID, **UNAVAILABLE}, method="POST",
+    add("/songs/{song_id:id}/hide", routes.hide_song, "removals", {**BAD_ID, **UNAVAILABLE}, method="POST",
         response_model=HiddenOut)
-    add("/songs/{song_id:path}/unhide", routes.unhide_song, "removals", {**BAD_ID, **UNAVAILABLE}, method="POST",
+    add("/songs/{song_id:id}/unhide", routes.unhide_song, "removals", {**BAD_ID, **UNAVAILABLE}, method="POST",
         response_model=HiddenOut)
     add("/events", ingest.post_events, "ingest", {**BAD_BODY, **TOO_LARGE, **UNAVAILABLE}, method="POST",
         status_code=202, response_model=EventsAccepted,

@@ -106,7 +106,7 @@ def test_k_limits(api, query: str, status: int, needle: str) -> None:  # type: i
 
 
 @pytest.mark.parametrize("user, needle", [("bad%01id", "control characters"), ("x" * 257, "longer than 256"),
-                                          ("%20", "empty")])
+                                          ("%20", "empty"), ("two%0Alines", "control characters")])
 def test_bad_ids_are_400(api, user: str, needle: str) -> None:  # type: ignore[no-untyped-def]
     client, _, _ = api
     for path in (f"/recs/{user}", f"/users/{user}/events", f"/similar/{user}"):
