@@ -266,13 +266,13 @@ def _top_per_row(indptr: np.ndarray, values: np.ndarray, n: int | np.ndarray) ->
     # rows with no more finite values than wanted keep them all; only the others need an order
     short = (counted[indptr[1:]] - counted[indptr[:-1]]) <= wanted
     chosen = finite & short[row_of] & (wanted[row_of] > 0)
-    long_rows = np.flatnonzero(~short & (wanted > 0))
-    if not len(long_rows):
+    to_order = np.flatnonzero(~short & (wanted > 0))
+    if not len(to_order):
         return chosen
     # short rows of similar length go through one padded array each (at most 2x padding); a long row
     # costs less on its own than padded, and a loop over few rows costs little
-    dense_rows = long_rows[lengths[long_rows] <= _PADDED_ROWS_UP_TO]
-    for row in long_rows[lengths[long_rows] > _PADDED_ROWS_UP_TO].tolist():
+    dense_rows = to_order[lengths[to_order] <= _PADDED_ROWS_UP_TO]
+    for row in to_order[lengths[to_order] > _PADDED_ROWS_UP_TO].tolist():
         a, b, take = int(indptr[row]), int(indptr[row + 1]), int(wanted[row])
         vals = values[a:b]
         threshold = np.partition(vals, len(vals) - take)[len(vals) - take]
