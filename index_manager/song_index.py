@@ -8,6 +8,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from index_manager.key_table import KeyTable
 from index_manager.keys import song_keys
 
 IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
@@ -131,7 +132,8 @@ class SongIndex:
         self._names = names
         self._keys = keys
         self._factors = factors
-        self._reindex()
+        self._rows = KeyTable(keys)  # key -> row of ``factors``
+        self._unit: np.ndarray | None = None
         if faiss_index is None:
             faiss_index = _make_faiss(self.kind, self.dim, factors)
             try:
@@ -143,11 +145,6 @@ class SongIndex:
                                f"expected {len(keys)}x{self.dim}")
         self._index = faiss_index
         self._hidden = np.empty(0, np.int64)  # sorted keys searches never return
-
-    def _reindex(self) -> None:
-        self._order = np.argsort(self._keys, kind="stable")
-        self._sorted = self._keys[self._order]
-        self._unit: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -178,11 +175,7 @@ class SongIndex:
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key in ``factors``, -1 where the song is not in this index."""
-        keys = np.asarray(keys, dtype=np.int64)
-        pos = np.searchsorted(self._sorted, keys)
-        pos = np.minimum(pos, len(self._sorted) - 1)
-        found = self._sorted[pos] == keys
-        return np.where(found, self._order[pos], -1)
+        return self._rows.lookup(keys)
 
     def names_of(self, keys: np.ndarray) -> np.ndarray:
         """Song names for keys (any shape); "" where unknown or -1."""
@@ -217,7 +210,7 @@ class SongIndex:
             self._keys = np.concatenate([self._keys, keys[new]])
             self._names = np.concatenate([self._names, names[new]])
             self._factors = np.concatenate([self._factors, vectors[new]])
-            self._reindex()
+            self._rows.add(keys[new])
         try:
             self._index.add_with_ids(vectors, keys)
         except RuntimeError as exc:
