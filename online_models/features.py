@@ -173,35 +173,39 @@ def _signals(state: OnlineState, model: ServingModel | None, vectors: np.ndarray
     return feats
 
 
-def _lookup(codes: np.ndarray, values: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``values`` at each of ``want``'s codes in sorted, distinct ``codes``, and whether it was there."""
+def _find(codes: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each of ``want``'s codes in sorted ``codes``, and whether it is there."""
     if not len(codes):
-        return np.zeros(want.shape, values.dtype), np.zeros(want.shape, bool)
+        return np.zeros(want.shape, np.int64), np.zeros(want.shape, bool)
     at = np.minimum(np.searchsorted(codes, want), len(codes) - 1)
-    found = codes[at] == want
-    return np.where(found, values[at], 0), found
+    return at, codes[at] == want
 
 
 def _heard_signals(keys: np.ndarray, rows: UserRows, heard_slots: np.ndarray, heard_keys: np.ndarray,
                    recent: np.ndarray) -> np.ndarray:
     """(U, M, 4): heard, heard_recency, heard_plays, heard_skips of each candidate for its user."""
     n, m = keys.shape
-    want = slot_key_codes(np.repeat(np.arange(n), m), keys.ravel())
+    slots = np.repeat(np.arange(n), m)
+    want = slot_key_codes(slots, keys.ravel())
     out = np.zeros((n, m, 4), np.float32)
-    out[..., 0] = heard(np.repeat(np.arange(n), m), keys.ravel(), heard_slots, heard_keys).reshape(n, m)
-    codes = slot_key_codes(rows.slots, rows.keys)
-    order = np.argsort(codes, kind="stable")  # a user's rows hold each song once
-    for j, values in ((2, rows.pos), (3, rows.neg)):
-        out[..., j] = np.log1p(np.maximum(_lookup(codes[order], values[order], want)[0], 0.0)).reshape(n, m)
+    was_heard = heard(slots, keys.ravel(), heard_slots, heard_keys).reshape(n, m)
+    out[..., 0] = was_heard
+    codes, pos, neg = slot_key_codes(rows.slots, rows.keys), rows.pos, rows.neg
+    if len(codes) > 1 and (codes[1:] < codes[:-1]).any():  # a user's rows hold each song once
+        order = np.argsort(codes)
+        codes, pos, neg = codes[order], pos[order], neg[order]
+    at, found = _find(codes, want)
+    if len(codes):
+        out[..., 2] = np.where(found, np.log1p(np.maximum(pos[at], 0.0)), 0.0).reshape(n, m)
+        out[..., 3] = np.where(found, np.log1p(np.maximum(neg[at], 0.0)), 0.0).reshape(n, m)
     # plays ago of each song's latest play in the window (right-aligned, most recent last)
     length = recent.shape[1]
     u, c = np.nonzero(recent >= 0)
     codes = slot_key_codes(u, recent[u, c])
-    ago = length - c
-    order = np.lexsort((ago, codes))
-    codes, ago = codes[order], ago[order]
+    order = np.lexsort((-c, codes))  # per song, its latest play first
+    codes, ago = codes[order], length - c[order]
     first = np.r_[True, codes[1:] != codes[:-1]] if len(codes) else np.zeros(0, bool)
-    found_ago, in_window = _lookup(codes[first], ago[first], want)
-    plays_ago = np.where(in_window, found_ago, length + 1).reshape(n, m)
-    out[..., 1] = np.where(out[..., 0] > 0, -np.log(plays_ago), 0.0)
+    at, in_window = _find(codes[first], want)
+    plays_ago = np.where(in_window, ago[first][at] if len(codes) else 0, length + 1).reshape(n, m)
+    out[..., 1] = np.where(was_heard, -np.log(plays_ago), 0.0)
     return out
