@@ -28,7 +28,7 @@ class SeenFilter:
 
     def width(self, users: np.ndarray, k: int) -> int:
         """Length of a shared list that leaves every user in ``users`` k songs they have not heard."""
-        if self.config.relisten or not len(users):
+        if self.config.relisten == "always" or not len(users):
             return k
         slots, _ = self.history.seen(users)
         return k + int(np.bincount(slots, minlength=len(users)).max(initial=0))
@@ -39,7 +39,7 @@ class SeenFilter:
         width = min(len(keys), self.width(users, k))
         cand_k = np.broadcast_to(keys[:width], (len(users), width))
         cand_s = np.broadcast_to(scores[:width].astype(np.float32), (len(users), width))
-        allowed = np.ones(cand_k.shape, bool) if self.config.relisten else \
+        allowed = np.ones(cand_k.shape, bool) if self.config.relisten == "always" else \
             ~mask_seen(cand_k, *self.history.seen(users))
         return take_top(cand_k, cand_s, allowed, k)
 
@@ -142,12 +142,12 @@ class StaticALS(Recommender):
         scores = np.full((len(users), k), -np.inf, np.float32)
         warm = np.flatnonzero(known)
         if len(warm):
-            width = k + (0 if self.config.relisten else int(min(sizes[warm].max(), self.config.candidates)))
+            width = k + (0 if self.config.relisten == "always" else int(min(sizes[warm].max(), self.config.candidates)))
             cand_k, cand_s = self.model.index.search(vectors[warm], width)
             sel = np.isin(seen.slots, warm)
             remap = np.full(len(users), -1, np.int64)
             remap[warm] = np.arange(len(warm))
-            allowed = np.ones(cand_k.shape, bool) if self.config.relisten else \
+            allowed = np.ones(cand_k.shape, bool) if self.config.relisten == "always" else \
                 ~mask_seen(cand_k, remap[seen.slots[sel]], seen.keys[sel])
             keys[warm], scores[warm] = take_top(cand_k, cand_s, allowed, k)
         cold = np.flatnonzero(~known)
@@ -169,6 +169,10 @@ class PeriodicRetrain(Recommender):
     does next to running workers)."""
 
     name = "retrain"
+
+    @classmethod
+    def _unit_test_skips(cls) -> frozenset[str]:
+        return OnlineALS._unit_test_skips()  # it serves the online model's lists
 
     def __init__(self, config: OnlineConfig | None = None, every: int = 10_000) -> None:
         if every <= 0:

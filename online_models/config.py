@@ -56,7 +56,7 @@ class OnlineConfig:
     skip_weight: float = setting(1.0, "MUSICREC_SKIP_WEIGHT", "Negative engagement added by one skip (a full play adds 1).", ge=0)
     full_play_ms: float = setting(30000.0, "MUSICREC_FULL_PLAY_MS", "ms_played at which a play counts fully; shorter plays count proportionally.", gt=0)
     max_history: int = setting(500, "MUSICREC_MAX_HISTORY", "Songs kept per user in online state (the weakest are dropped).", gt=0)
-    relisten: bool = setting(False, "MUSICREC_RELISTEN", "Allow songs the user already played back into their recommendations.")
+    relisten: str = setting("learn", "MUSICREC_RELISTEN", "Songs a user already played: `learn` makes their latest plays candidates with signals of how recently and how much they played each, and the ranker learns from the stream how often its users go back to a song; `never` filters them out; `always` lets them compete on the other signals alone. Models that cannot learn (the baselines) treat `learn` as `never`.", choices=("learn", "never", "always"))
     popularity_half_lives: str = setting("500,2000,8000,32000,128000,512000,2000000,0", "MUSICREC_POPULARITY_HALF_LIVES", "Half-lives of song popularity, in events (0 = never decays), all counted at once: the ranker weighs them, and the popular list uses the one whose lists caught the most plays so far.")
     cold_start_events: float = setting(5.0, "MUSICREC_COLD_START_EVENTS", "Songs the model must know of a user before NeuMF re-ranks their list (half of it collaborative).", ge=0)
     candidates: int = setting(50, "MUSICREC_CANDIDATES", "Extra songs a source proposes per user to make room for filtering out what they heard (50: equal recall to 100 on the early half of Last.fm and MovieLens, faster).", gt=0)
@@ -79,6 +79,11 @@ class OnlineConfig:
         half_lives = self.half_lives  # parses and checks the list
         if not half_lives:
             raise ValueError("MUSICREC_POPULARITY_HALF_LIVES must list at least one half-life")
+
+    @property
+    def heard_allowed(self) -> bool:
+        """Whether songs a user already played may be recommended to them by the online model."""
+        return self.relisten != "never"
 
     @property
     def half_lives(self) -> tuple[float, ...]:

@@ -7,26 +7,35 @@ import numpy as np
 from index_manager.holder import Served
 from index_manager.keys import song_keys
 from online_models.base import RecList
+from online_models.ranking import mask_seen
 from online_models.scoring import POPULARITY_VERSION
 from online_models.serving import ServingModel
 from online_models.state import OnlineState
 
 POPULAR_NOW = "popular now"
+PLAYED_BEFORE = "you played it before"
 RECENT_PLAYS = 20  # the plays an explanation may name
 
 
 def explain(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, recs: RecList,
             recent: int = RECENT_PLAYS) -> RecList:
     """Fill ``reasons``: for each recommended song, the song among the user's ``recent`` latest
-    plays it is most similar to (cosine of item factors): "because you played X"; songs the
-    user's history says nothing about are "popular now"."""
+    plays it is most similar to (cosine of item factors): "because you played X"; a song they
+    played themselves (see ``relisten``) is "you played it before"; songs the user's history says
+    nothing about are "popular now"."""
     filled = recs.song_ids != ""
     reasons = np.full(recs.song_ids.shape, None, dtype=object)
     reasons[filled] = POPULAR_NOW
-    if served is None or not len(users):
+    if not len(users):
+        return RecList(recs.song_ids, recs.scores, reasons, recs.version)
+    rows = state.history.gather(users)
+    keys = song_keys(recs.song_ids.ravel()).reshape(recs.song_ids.shape)
+    played = rows.pos > 0
+    again = mask_seen(keys, rows.slots[played], rows.keys[played]) & filled
+    if served is None:
+        reasons[again] = PLAYED_BEFORE
         return RecList(recs.song_ids, recs.scores, reasons, recs.version)
     index = served.model.index
-    rows = state.history.gather(users)
     item_rows = index.rows(rows.keys)
     ok = (item_rows >= 0) & (rows.pos > rows.neg) & ~state.hidden.mask(rows.keys)  # a hidden song is never named
     slots, item_rows, last = rows.slots[ok], item_rows[ok], rows.last_ts[ok]
@@ -38,7 +47,7 @@ def explain(state: OnlineState, served: Served[ServingModel] | None, users: np.n
     hist = np.full((len(users), recent), -1, np.int64)
     hist[slots[keep], rank[keep]] = item_rows[keep]
     unit = index.unit_factors
-    rec_rows = index.rows(song_keys(recs.song_ids.ravel())).reshape(recs.song_ids.shape)
+    rec_rows = index.rows(keys.ravel()).reshape(keys.shape)
     sims = np.einsum("ukf,uhf->ukh", unit[np.maximum(rec_rows, 0)], unit[np.maximum(hist, 0)])
     sims = np.where((hist >= 0)[:, None, :], sims, -np.inf)
     best = np.argmax(sims, axis=2)
@@ -46,6 +55,7 @@ def explain(state: OnlineState, served: Served[ServingModel] | None, users: np.n
     source = index.names[np.take_along_axis(hist, best, axis=1)]
     explained = found & filled
     reasons[explained] = [f"because you played {s}" for s in source[explained]]
+    reasons[again] = PLAYED_BEFORE
     return RecList(recs.song_ids, recs.scores, reasons, recs.version)
 
 

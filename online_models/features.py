@@ -8,7 +8,13 @@ vector. Every signal is then scored on every candidate, whatever proposed it:
 * ``popularity``: the same at the half-life whose lists caught the most plays so far;
 * ``cooc`` / ``cooc_norm``: log of the co-occurrence votes from the user's latest plays (raw, and
   divided by the square root of both songs' plays), relative to the user's best candidate;
-* ``cf``: the dot product of the user's folded-in vector and the song's factors (0 when unknown).
+* ``cf``: the dot product of the user's folded-in vector and the song's factors (0 when unknown);
+* with ``relisten = learn``, what the user did with the song themselves: ``heard`` (1 if they
+  played or skipped it), ``heard_recency`` (-log of how many plays ago they last played it, past
+  the window of latest plays counting as one more), ``heard_plays`` and ``heard_skips`` (log1p of
+  their decayed engagement). The user's latest plays then join the candidates: whether people go
+  back to songs is a habit of each stream (a fifth of Last.fm's plays, none of MovieLens's ratings),
+  so the ranker learns it instead of a rule deciding it.
 
 A user's pool depends only on their own state, never on who shares the call.
 """
@@ -24,7 +30,8 @@ from index_manager.holder import Served
 from online_models.blend import Ranker
 from online_models.config import OnlineConfig
 from online_models.cooc import CoocQuery
-from online_models.ranking import mask_seen, repeats
+from online_models.history import UserRows
+from online_models.ranking import heard, mask_seen, repeats, slot_key_codes
 
 if TYPE_CHECKING:
     from online_models.serving import ServingModel
@@ -36,7 +43,8 @@ LESSON_K = 10  # list length a lesson assumes when it sizes the popularity candi
 
 
 def feature_names(config: OnlineConfig) -> tuple[str, ...]:
-    return (*(f"pop@{h:g}" for h in config.half_lives), "popularity", "cooc", "cooc_norm", "cf")
+    heard = ("heard", "heard_recency", "heard_plays", "heard_skips") if config.relisten == "learn" else ()
+    return (*(f"pop@{h:g}" for h in config.half_lives), "popularity", "cooc", "cooc_norm", "cf", *heard)
 
 
 def new_ranker(config: OnlineConfig) -> Ranker:
@@ -51,7 +59,7 @@ def new_ranker(config: OnlineConfig) -> Ranker:
 @dataclass(frozen=True)
 class Pool:
     """Per user (rows): candidate song keys (U, M), which may be served (a real song, its first
-    entry, within its source's width, not heard unless relistening is on), their signals (U, M, d),
+    entry, within its source's width, not heard when relistening is off), their signals (U, M, d),
     the user's history size (the ranker's bucket) and how many of their songs the model knows."""
 
     keys: np.ndarray
@@ -103,14 +111,22 @@ def pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndar
     alone before any version); ``vectors``/``known`` are the users' folded-in vectors, if computed."""
     config = state.config
     n = len(users)
-    heard_slots, heard_keys = state.history.seen(users)
+    rows = state.history.gather(users)
+    heard_slots, heard_keys = state.history.seen(users, rows)
     sizes = np.bincount(heard_slots, minlength=n)
-    widths = k + (np.zeros(n, np.int64) if config.relisten else np.minimum(sizes, config.candidates))
+    always = config.relisten == "always"
+    widths = k + (np.zeros(n, np.int64) if always else np.minimum(sizes, config.candidates))
     pop_keys, pop_rank = _popular(state, widths)
-    query = state.cooc.query(state.recent.gather(users, config.cooc_query))
-    skip = None if config.relisten else (heard_slots, heard_keys)
+    recent = state.recent.gather(users, config.cooc_query)
+    query = state.cooc.query(recent)
+    # the other sources propose songs the user has not heard; with `learn` their latest plays
+    # compete beside them, most recent first
+    skip = None if always else (heard_slots, heard_keys)
     blocks = [np.broadcast_to(pop_keys, (n, len(pop_keys))), query.top(config.cooc_candidates, skip)]
     in_width = [pop_rank[None, :] < widths[:, None], np.ones(blocks[1].shape, bool)]
+    if config.relisten == "learn":
+        blocks.append(recent[:, ::-1])
+        in_width.append(np.ones(recent.shape, bool))
     model = None if served is None else served.model
     known = np.zeros(n, np.int64) if known is None else known
     if model is not None and vectors is not None:
@@ -123,18 +139,21 @@ def pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndar
     # depend on the call's widest user; whether one is, does not)
     distinct = np.where(eligible, keys, -2 - np.arange(keys.shape[1]))
     allowed = eligible & ~repeats(distinct)
-    if not config.relisten:
+    if not config.heard_allowed:
         allowed &= ~mask_seen(keys, heard_slots, heard_keys)
     if len(state.hidden):
         allowed &= ~state.hidden.mask(keys)
-    return Pool(keys, allowed, _signals(state, model, vectors, keys, len(pop_keys), query), sizes, known)
+    feats = _signals(state, model, vectors, keys, len(pop_keys), query)
+    if config.relisten == "learn":
+        feats[..., -4:] = _heard_signals(keys, rows, heard_slots, heard_keys, recent)
+    return Pool(keys, allowed, feats, sizes, known)
 
 
 def _signals(state: OnlineState, model: ServingModel | None, vectors: np.ndarray | None, keys: np.ndarray,
              n_shared: int, query: CoocQuery) -> np.ndarray:
     ladder = state.popularity
     n_rungs = len(ladder.half_lives)
-    feats = np.empty((*keys.shape, n_rungs + 4), np.float32)  # half the memory of what is kept for lessons
+    feats = np.empty((*keys.shape, state.ranker.n_features), np.float32)  # half the memory of what is kept for lessons
     scale = ladder.maxima()
     # the first n_shared columns are the same songs for every user: score them once
     feats[:, :n_shared, :n_rungs] = np.log(ladder.scores(keys[0, :n_shared]) / scale + _POP_FLOOR)[None] \
@@ -152,3 +171,41 @@ def _signals(state: OnlineState, model: ServingModel | None, vectors: np.ndarray
         dots = np.einsum("umf,uf->um", model.index.factors[np.maximum(rows, 0)], vectors)
         feats[..., n_rungs + 3] = np.where(rows >= 0, dots, 0.0)
     return feats
+
+
+def _find(codes: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each of ``want``'s codes in sorted ``codes``, and whether it is there."""
+    if not len(codes):
+        return np.zeros(want.shape, np.int64), np.zeros(want.shape, bool)
+    at = np.minimum(np.searchsorted(codes, want), len(codes) - 1)
+    return at, codes[at] == want
+
+
+def _heard_signals(keys: np.ndarray, rows: UserRows, heard_slots: np.ndarray, heard_keys: np.ndarray,
+                   recent: np.ndarray) -> np.ndarray:
+    """(U, M, 4): heard, heard_recency, heard_plays, heard_skips of each candidate for its user."""
+    n, m = keys.shape
+    slots = np.repeat(np.arange(n), m)
+    want = slot_key_codes(slots, keys.ravel())
+    out = np.zeros((n, m, 4), np.float32)
+    was_heard = heard(slots, keys.ravel(), heard_slots, heard_keys).reshape(n, m)
+    out[..., 0] = was_heard
+    codes, pos, neg = slot_key_codes(rows.slots, rows.keys), rows.pos, rows.neg
+    if len(codes) > 1 and (codes[1:] < codes[:-1]).any():  # a user's rows hold each song once
+        order = np.argsort(codes)
+        codes, pos, neg = codes[order], pos[order], neg[order]
+    at, found = _find(codes, want)
+    if len(codes):
+        out[..., 2] = np.where(found, np.log1p(np.maximum(pos[at], 0.0)), 0.0).reshape(n, m)
+        out[..., 3] = np.where(found, np.log1p(np.maximum(neg[at], 0.0)), 0.0).reshape(n, m)
+    # plays ago of each song's latest play in the window (right-aligned, most recent last)
+    length = recent.shape[1]
+    u, c = np.nonzero(recent >= 0)
+    codes = slot_key_codes(u, recent[u, c])
+    order = np.lexsort((-c, codes))  # per song, its latest play first
+    codes, ago = codes[order], length - c[order]
+    first = np.r_[True, codes[1:] != codes[:-1]] if len(codes) else np.zeros(0, bool)
+    at, in_window = _find(codes[first], want)
+    plays_ago = np.where(in_window, ago[first][at] if len(codes) else 0, length + 1).reshape(n, m)
+    out[..., 1] = np.where(was_heard, -np.log(plays_ago), 0.0)
+    return out

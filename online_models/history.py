@@ -166,10 +166,11 @@ class HistoryStore:
         merged = np.union1d(self._forgotten.get(user, np.empty(0, np.int64)), keys)
         self._forgotten[user] = merged[-self.max_forgotten:] if len(merged) > self.max_forgotten else merged
 
-    def seen(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(slot, song key) of every song ``users`` played or skipped: their rows, plus songs trimmed
-        from the rows (up to ``max_forgotten`` per user), which they have still heard."""
-        rows = self.gather(users)
+    def seen(self, users: np.ndarray, rows: UserRows | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(slot, song key) of every song ``users`` played or skipped: their rows (``rows``, when
+        the caller has gathered them already), plus songs trimmed from the rows (up to
+        ``max_forgotten`` per user), which they have still heard."""
+        rows = self.gather(users) if rows is None else rows
         get = self._forgotten.get
         extra = [(i, f) for i, u in enumerate(users) if (f := get(u)) is not None]
         if not extra:

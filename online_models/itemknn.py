@@ -62,7 +62,7 @@ class ItemKNN(Recommender):
         users = check_request(user_ids, k)
         query = self.cooc.query(self.recent.gather(users), exponent=EXPONENT, both_sides=True)
         heard = self.seen.history.seen(users)
-        near = query.top(self.config.cooc_candidates, None if self.config.relisten else heard)
+        near = query.top(self.config.cooc_candidates, None if self.config.relisten == "always" else heard)
         _, votes = query.at(near)
         best = self.popularity.best
         popular = self.popularity.top(self.seen.width(users, k), best)
@@ -73,7 +73,7 @@ class ItemKNN(Recommender):
         fill = np.broadcast_to(pop / max(float(pop.max(initial=0.0)), 1e-300), (len(users), len(popular)))
         scores = np.concatenate([np.where(votes > 0, 1.0 + rel, -np.inf), fill], axis=1).astype(np.float32)
         allowed = (keys >= 0) & ~repeats(keys)
-        if not self.config.relisten:
+        if self.config.relisten != "always":
             allowed &= ~mask_seen(keys, *heard)
         top_k, top_s = take_top(keys, scores, allowed, k)
         names = np.array([self._names.get(int(x), "") for x in top_k.ravel()], dtype=object).reshape(top_k.shape)

@@ -17,7 +17,7 @@ _LOW40 = (1 << 40) - 1
 _MAX_ROUNDS = 1000
 
 
-def _slot_key_codes(slots: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def slot_key_codes(slots: np.ndarray, keys: np.ndarray) -> np.ndarray:
     # (user slot, song key) packed into one int64; two songs of one user would have to agree on
     # 40 key bits to be confused, which merely filters one extra candidate
     return (np.asarray(slots, np.int64) << 40) | (np.asarray(keys, np.int64) & _LOW40)
@@ -27,12 +27,12 @@ def heard(slots: np.ndarray, keys: np.ndarray, seen_slots: np.ndarray, seen_keys
     """Boolean per pair: True where user ``slots[i]`` has song ``keys[i]`` in their seen set."""
     if len(seen_slots) == 0 or len(keys) == 0:
         return np.zeros(len(keys), dtype=bool)
-    seen = _slot_key_codes(seen_slots, seen_keys)
+    seen = slot_key_codes(seen_slots, seen_keys)
     if len(seen) > 1 and (seen[1:] < seen[:-1]).any():
         seen = np.sort(seen)
     # one binary search per pair against the seen codes (usually in order already, by user then
     # song), where isin would sort both sides together on every call
-    codes = _slot_key_codes(slots, keys)
+    codes = slot_key_codes(slots, keys)
     pos = np.minimum(np.searchsorted(seen, codes), len(seen) - 1)
     return seen[pos] == codes
 

@@ -77,7 +77,7 @@ class SASRecRecommender(Recommender):
         heard_slots, heard_keys = self.state.history.seen(users)
         sizes = np.bincount(heard_slots, minlength=len(users))
         # each user's own width keeps their answer independent of who shares the batch
-        width = k + (np.zeros(len(users), np.int64) if self.online.relisten else sizes)
+        width = k + (np.zeros(len(users), np.int64) if self.online.relisten == "always" else sizes)
         vectors, known = user_queries(self.state, model, users)
         keys, scores, rank = index_candidates(model, vectors, min(int(width.max(initial=k)), len(model.index)))
         allowed = (rank < width[:, None]) & (known > 0)[:, None]
@@ -90,7 +90,7 @@ class SASRecRecommender(Recommender):
         keys = np.concatenate([keys, cold], axis=1)
         scores = np.concatenate([scores, np.broadcast_to(pop_c.astype(np.float32), cold.shape)], axis=1)
         allowed = np.concatenate([allowed, cold_ok], axis=1) & (keys >= 0)
-        if not self.online.relisten:
+        if self.online.relisten != "always":
             allowed &= ~mask_seen(keys, heard_slots, heard_keys)
         top_k, top_s = take_top(keys, scores, allowed, k)
         names = self.state.names_of(top_k, model.index)

@@ -101,6 +101,12 @@ def partial_fit_returns_touched_users(model: Recommender, log: EventBatch) -> No
     tail = log.take(slice(TRAIN, None))
     touched = model.partial_fit(tail)
     assert sorted(touched) == sorted(np.unique(tail.user_ids))
+
+
+@check
+def filters_what_the_user_just_heard(model: Recommender, log: EventBatch) -> None:
+    tail = log.take(slice(TRAIN, None))
+    model.partial_fit(tail)
     recs = model.recommend(np.unique(tail.user_ids), k=20)
     for i, user in enumerate(np.unique(tail.user_ids)):
         assert not set(tail.song_ids[tail.user_ids == user]) & set(recs.song_ids[i]), "learnt what they heard"

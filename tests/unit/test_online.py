@@ -7,8 +7,9 @@ import numpy as np
 
 from index_manager.holder import ModelHolder, Served
 from index_manager.keys import song_keys
-from online_models.batch import EventBatch
+from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
+from online_models.explain import PLAYED_BEFORE
 from online_models.features import feature_names
 from online_models.online import OnlineALS
 from online_models.scoring import POPULARITY_VERSION
@@ -17,7 +18,7 @@ from tests.synthetic import synthetic_log
 
 
 def test_without_a_model_serves_popularity_minus_seen() -> None:
-    model = OnlineALS(OnlineConfig(factors=4))
+    model = OnlineALS(OnlineConfig(factors=4, relisten="never"))
     ev = EventBatch.from_columns(np.array(["a", "a", "b", "c", "c", "c"], dtype=object),
                                  np.array(["x", "y", "x", "x", "y", "z"], dtype=object),
                                  ts=np.arange(6.0))
@@ -30,7 +31,7 @@ def test_without_a_model_serves_popularity_minus_seen() -> None:
 
 def test_a_play_moves_the_user_towards_its_cluster() -> None:
     log = synthetic_log()
-    model = OnlineALS(OnlineConfig(factors=8, iterations=10))
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10, relisten="never"))
     model.fit(log)
     # a brand-new user plays twelve odd songs: their list should become odd songs
     odd = [f"s{i}" for i in range(1, 24, 2)]
@@ -78,9 +79,53 @@ def test_the_ranker_learns_to_trust_collaborative_signals_for_warm_users() -> No
     assert warm[names.index("cooc")] > 0.02 and warm[names.index("cf")] > 0.02
 
 
+def _habit_log(replays: bool, n_users: int = 40, n_events: int = 4000, seed: int = 0) -> EventBatch:
+    """Users of two taste clusters who either go back to their own five songs (``replays``) or
+    never play a song twice."""
+    rng = np.random.default_rng(seed)
+    users = np.arange(n_events) % n_users
+    if replays:
+        songs = 2 * (5 * users + rng.integers(0, 5, n_events)) + users % 2  # each user's own five
+    else:
+        turn = np.arange(n_events) // n_users  # the user's n-th play: a song new to them
+        songs = 2 * ((turn * 7 + users * 3) % 500) + users % 2
+    return EventBatch.from_columns(np.array([f"u{u}" for u in users], dtype=object),
+                                   np.array([f"s{s}" for s in songs], dtype=object),
+                                   ts=1.6e9 + np.arange(n_events, dtype=np.float64))
+
+
+def test_the_ranker_learns_whether_users_go_back_to_their_songs() -> None:
+    heard_share, heard_weight = {}, {}
+    for replays in (True, False):
+        log = _habit_log(replays)
+        model = OnlineALS(OnlineConfig(factors=8, iterations=8))  # relisten = learn
+        model.fit(log)
+        users = np.unique(log.user_ids)
+        recs = model.recommend(users, k=5)
+        heard_share[replays] = np.mean([s in set(log.song_ids[log.user_ids == u])
+                                        for u, row in zip(users, recs.song_ids, strict=True) for s in row if s])
+        ranker = model.state.ranker
+        buckets = ranker.bucket(model.state.history.sizes(users))
+        heard_weight[replays] = ranker.linear[buckets, feature_names(model.config).index("heard")].mean()
+    assert heard_weight[True] > 0 > heard_weight[False]
+    assert heard_share[True] >= 0.8 and heard_share[False] == 0.0
+
+
+def test_never_filters_heard_songs_before_and_after_learning() -> None:
+    log = _habit_log(replays=True)
+    model = OnlineALS(OnlineConfig(factors=8, iterations=8, relisten="never"))
+    model.fit(log.take(slice(0, 3000)))
+    tail = log.take(slice(3000, None))
+    model.partial_fit(tail)
+    users = np.unique(log.user_ids)
+    recs = model.recommend(users, k=20)
+    for user, row in zip(users, recs.song_ids, strict=True):
+        assert not set(log.song_ids[log.user_ids == user]) & set(row), user
+
+
 def test_relisten_policy_keeps_played_songs() -> None:
     log = synthetic_log()
-    model = OnlineALS(OnlineConfig(factors=8, iterations=10, relisten=True))
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10, relisten="always"))
     model.fit(log)
     user = log.user_ids[0]
     played = set(log.song_ids[log.user_ids == user])
@@ -90,7 +135,7 @@ def test_relisten_policy_keeps_played_songs() -> None:
 
 def test_skips_push_a_song_down() -> None:
     log = synthetic_log()
-    model = OnlineALS(OnlineConfig(factors=8, iterations=10, relisten=True))
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10, relisten="always"))
     model.fit(log)
     user = np.array(["u1"], dtype=object)
     first = model.recommend(user, k=5)
@@ -108,7 +153,7 @@ def test_skips_push_a_song_down() -> None:
 
 def test_explanations_name_a_similar_song_the_user_played() -> None:
     log = synthetic_log()
-    model = OnlineALS(OnlineConfig(factors=8, iterations=10))
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10, relisten="never"))
     model.fit(log)
     users = np.array(["u1", "u2", "nobody"], dtype=object)
     recs = model.serve(users, k=5).recs
@@ -127,6 +172,18 @@ def test_explanations_name_a_similar_song_the_user_played() -> None:
     sims = unit[index.rows(song_keys(np.array(recent, dtype=object)))] @ unit[index.rows(song_keys(np.array([rec])))][0]
     assert recs.reasons[1][0] == f"because you played {recent[int(np.argmax(sims))]}"
     assert set(recs.reasons[2]) == {"popular now"}
+
+
+def test_a_song_the_user_played_is_explained_as_played_before() -> None:
+    log = synthetic_log()
+    model = OnlineALS(OnlineConfig(factors=8, iterations=10, relisten="always"))
+    model.fit(log)
+    recs = model.serve(np.array(["u1"], dtype=object), k=20).recs
+    played = set(log.song_ids[(log.user_ids == "u1") & (log.kinds == PLAY)])
+    again = [s in played for s in recs.song_ids[0]]
+    assert any(again) and not all(again)
+    for song, reason in zip(recs.song_ids[0], recs.reasons[0], strict=True):
+        assert (reason == PLAYED_BEFORE) == (song in played), song
 
 
 def test_mmr_diversity_lowers_list_similarity_and_keeps_relevance_first() -> None:

@@ -143,7 +143,7 @@ def _by_sequence_model(online: OnlineALS, users: np.ndarray, k: int) -> list[lis
 
 def test_the_worker_serves_a_sasrec_version_from_recent_plays(trained) -> None:  # type: ignore[no-untyped-def]
     _, versions, result, events = trained
-    online = OnlineALS(OnlineConfig())
+    online = OnlineALS(OnlineConfig(relisten="never"))  # the known answer leaves heard songs out
     online.partial_fit(events)
     serving = ServingModel.load(versions, result.version)
     assert online.install(serving)

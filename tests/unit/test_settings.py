@@ -91,5 +91,5 @@ def test_ranges_are_declared_with_the_settings() -> None:
 
 
 def test_settings_travel_to_a_child_process_through_the_environment() -> None:
-    s = load_settings({"stream.data_dir": "/tmp/x", "relisten": True, "ncf.mlp_layers": "32,16"}, env={})
+    s = load_settings({"stream.data_dir": "/tmp/x", "relisten": "always", "ncf.mlp_layers": "32,16"}, env={})
     assert load_settings(env=to_env(s)) == s

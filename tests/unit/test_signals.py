@@ -155,3 +155,23 @@ def test_top_per_row_matches_a_plain_sort_on_short_and_long_rows_with_ties() -> 
         finite = [i for i in range(a, b) if np.isfinite(values[i])]
         expected = sorted(finite, key=lambda i: (-values[i], i))[:take]
         assert sorted(np.flatnonzero(chosen[a:b]) + a) == sorted(expected), row
+
+
+def test_heard_signals_say_how_long_ago_and_how_much_each_user_played_a_candidate() -> None:
+    from online_models.features import _heard_signals
+    from online_models.history import UserRows
+
+    # user 0 played 5, 7, 5 (5 last), skipped 9; user 1 played 7; song 3 is new to both
+    recent = np.array([[PAD, 5, 7, 5], [PAD, PAD, PAD, 7]])
+    rows = UserRows(np.array([0, 0, 0, 1]), np.array([5, 7, 9, 7]), np.array([2.0, 1.0, 0.0, 1.0]),
+                    np.array([0.0, 0.0, 1.0, 0.0]), np.zeros(4))
+    keys = np.array([[5, 7, 9, 3], [7, 5, 3, 9]])
+    out = _heard_signals(keys, rows, rows.slots, rows.keys, recent)
+    assert out[..., 0].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    # plays ago: 5 is the latest (1), 7 two plays ago; 9 only skipped: past the window of 4 (5)
+    np.testing.assert_allclose(out[..., 1], [[0.0, -np.log(2), -np.log(5), 0.0], [0.0, 0.0, 0.0, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(out[..., 2], np.log1p([[2, 1, 0, 0], [1, 0, 0, 0]]), atol=1e-6)
+    np.testing.assert_allclose(out[..., 3], np.log1p([[0, 0, 1, 0], [0, 0, 0, 0]]), atol=1e-6)
+    alone = _heard_signals(keys[1:], UserRows(np.array([0]), np.array([7]), np.array([1.0]), np.zeros(1),
+                                              np.zeros(1)), np.array([0]), np.array([7]), recent[1:])
+    np.testing.assert_array_equal(alone, out[1:])
