@@ -121,6 +121,8 @@ def prequential(events: EventBatch, models: list[str] | None = None, k: int = 10
         raise ValueError("k and batch_size must be positive")
     models = list(models or MODELS)
     config = config or OnlineConfig()
+    for name in models:  # every name checked before the first model spends minutes on a replay
+        make_model(name, config, 1)
     train, test = split(events, train_fraction)
     every = retrain_every or max(1, len(test) // 10)
     play_ts = test.ts[test.kinds == PLAY]

@@ -49,3 +49,5 @@ def test_model_names_are_checked() -> None:
     for bad in ("online+heard", "nope", "+heard"):
         with pytest.raises(ValueError, match="unknown model"):
             make_model(bad, config, 100)
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        prequential(_loyal_log(), ["popularity", "nope"])
