@@ -205,15 +205,20 @@ def plot_series(result: dict[str, Any], path: Path) -> Path:
     k = result["k"]
     ends = [datetime.fromtimestamp(t, tz=UTC) for t in result["series"]["window_end_ts"]]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    colours: dict[str, Any] = {}
     for name, series in result["series"]["models"].items():
         values = series[f"recall@{k}"]
         label = f"{name} ({result['models'][name][f'recall@{k}']:.3f})"
-        ax.plot(ends[:len(values)], values, marker="o", markersize=3, label=label)  # type: ignore[arg-type]
+        base = name.removesuffix(HEARD)
+        # a baseline and its +heard twin share a colour, the twin dashed
+        style = {"color": colours[base], "linestyle": "--"} if base != name and base in colours else {}
+        (line,) = ax.plot(ends[:len(values)], values, marker="o", markersize=3, label=label, **style)  # type: ignore[arg-type]
+        colours.setdefault(name, line.get_color())
     ax.set_ylabel(f"recall@{k} per window")
     ax.set_title(f"Prequential recall@{k}: {result['events']} events replayed")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small", ncol=2)
     fig.autofmt_xdate()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
