@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,18 @@ from online_models.config import OnlineConfig
 from online_models.itemknn import ItemKNN
 from online_models.online import OnlineALS
 
-MODELS = ("popularity", "static", "itemknn", "online", "retrain")
+BASELINES = ("popularity", "static", "itemknn")
+HEARD = "+heard"  # a baseline with the songs each user heard let back in (MUSICREC_RELISTEN=always)
+MODELS = (*BASELINES, *(b + HEARD for b in BASELINES), "online", "retrain")
 
 
 def make_model(name: str, config: OnlineConfig, retrain_every: int) -> Recommender:
+    """The model ``name``; ``<baseline>+heard`` is that baseline with heard songs let back in, the
+    fair peer of an online model that learns whether to serve them (``relisten = learn``)."""
+    if name.endswith(HEARD) and name.removesuffix(HEARD) in (*BASELINES, "sequence"):
+        model = make_model(name.removesuffix(HEARD), replace(config, relisten="always"), retrain_every)
+        model.name = name
+        return model
     factories: dict[str, Callable[[], Recommender]] = {
         "popularity": lambda: PopularityRecommender(config),
         "static": lambda: StaticALS(config),
@@ -41,7 +49,8 @@ def make_model(name: str, config: OnlineConfig, retrain_every: int) -> Recommend
         "sequence": lambda: _sequence(config),
     }
     if name not in factories:
-        raise ValueError(f"unknown model {name!r} for the prequential protocol; choose from {', '.join(factories)}")
+        raise ValueError(f"unknown model {name!r} for the prequential protocol; choose from {', '.join(factories)}, "
+                         f"or a baseline with {HEARD} ({', '.join(b + HEARD for b in (*BASELINES, 'sequence'))})")
     return factories[name]()
 
 
@@ -112,6 +121,8 @@ def prequential(events: EventBatch, models: list[str] | None = None, k: int = 10
         raise ValueError("k and batch_size must be positive")
     models = list(models or MODELS)
     config = config or OnlineConfig()
+    for name in models:  # every name checked before the first model spends minutes on a replay
+        make_model(name, config, 1)
     train, test = split(events, train_fraction)
     every = retrain_every or max(1, len(test) // 10)
     play_ts = test.ts[test.kinds == PLAY]
@@ -141,9 +152,28 @@ def prequential(events: EventBatch, models: list[str] | None = None, k: int = 10
         }
         result["series"]["models"][name] = {f"recall@{k}": windows(run.hits, n_windows),
                                             f"ndcg@{k}": windows(run.gains, n_windows)}
+    result["versus"] = versus(result["models"], k)
     if console is not None:
         print_table(result, console)
     return result
+
+
+def versus(models: dict[str, Any], k: int = 10) -> dict[str, Any]:
+    """``online``'s recall@k over the best baseline as they run by default, and over the best under
+    either rule for heard songs (``<baseline>+heard`` included); empty without ``online`` or baselines."""
+    metric = f"recall@{k}"
+    out: dict[str, Any] = {}
+    if "online" not in models:
+        return out
+    online = models["online"][metric]
+    for key, names in (("defaults", BASELINES), ("either_rule", (*BASELINES, *(b + HEARD for b in BASELINES)))):
+        present = [n for n in names if n in models]
+        if not present:
+            continue
+        best = max(present, key=lambda n: models[n][metric])
+        value = models[best][metric]
+        out[key] = {"baseline": best, metric: value, "ratio": round(online / value, 4) if value > 0 else None}
+    return out
 
 
 def print_table(result: dict[str, Any], console: Console) -> None:
@@ -156,6 +186,10 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         table.add_row(name, f"{m[f'recall@{k}']:.4f}", f"{m[f'ndcg@{k}']:.4f}",
                       f"{m['events_per_s']:.0f}" if m["events_per_s"] else "-", f"{m['fit_s']:.2f}")
     console.print(table)
+    for key, label in (("defaults", "as they run by default"), ("either_rule", "under either rule for heard songs")):
+        v = result.get("versus", {}).get(key)
+        if v and v["ratio"] is not None:
+            console.print(f"online / best baseline {label}: [bold]{v['ratio']:.2f}x[/] ({v['baseline']})")
 
 
 def plot_series(result: dict[str, Any], path: Path) -> Path:
@@ -171,15 +205,20 @@ def plot_series(result: dict[str, Any], path: Path) -> Path:
     k = result["k"]
     ends = [datetime.fromtimestamp(t, tz=UTC) for t in result["series"]["window_end_ts"]]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    colours: dict[str, Any] = {}
     for name, series in result["series"]["models"].items():
         values = series[f"recall@{k}"]
         label = f"{name} ({result['models'][name][f'recall@{k}']:.3f})"
-        ax.plot(ends[:len(values)], values, marker="o", markersize=3, label=label)  # type: ignore[arg-type]
+        base = name.removesuffix(HEARD)
+        # a baseline and its +heard twin share a colour, the twin dashed
+        style = {"color": colours[base], "linestyle": "--"} if base != name and base in colours else {}
+        (line,) = ax.plot(ends[:len(values)], values, marker="o", markersize=3, label=label, **style)  # type: ignore[arg-type]
+        colours.setdefault(name, line.get_color())
     ax.set_ylabel(f"recall@{k} per window")
     ax.set_title(f"Prequential recall@{k}: {result['events']} events replayed")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small", ncol=2)
     fig.autofmt_xdate()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")

@@ -31,7 +31,7 @@ from online_models.blend import Ranker
 from online_models.config import OnlineConfig
 from online_models.cooc import CoocQuery
 from online_models.history import UserRows
-from online_models.ranking import heard, mask_seen, repeats, slot_key_codes
+from online_models.ranking import mask_seen, repeats, slot_key_codes
 
 if TYPE_CHECKING:
     from online_models.serving import ServingModel
@@ -145,7 +145,9 @@ def pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndar
         allowed &= ~state.hidden.mask(keys)
     feats = _signals(state, model, vectors, keys, len(pop_keys), query)
     if config.relisten == "learn":
-        feats[..., -4:] = _heard_signals(keys, rows, heard_slots, heard_keys, recent)
+        # seen() lists the rows first, then songs trimmed from them: only those need a second lookup
+        trimmed = heard_slots[len(rows):], heard_keys[len(rows):]
+        feats[..., -4:] = _heard_signals(keys, rows, trimmed, recent)
     return Pool(keys, allowed, feats, sizes, known)
 
 
@@ -181,20 +183,22 @@ def _find(codes: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return at, codes[at] == want
 
 
-def _heard_signals(keys: np.ndarray, rows: UserRows, heard_slots: np.ndarray, heard_keys: np.ndarray,
+def _heard_signals(keys: np.ndarray, rows: UserRows, trimmed: tuple[np.ndarray, np.ndarray],
                    recent: np.ndarray) -> np.ndarray:
-    """(U, M, 4): heard, heard_recency, heard_plays, heard_skips of each candidate for its user."""
+    """(U, M, 4): heard, heard_recency, heard_plays, heard_skips of each candidate for its user
+    (``rows``: the users' history rows; ``trimmed``: (slot, key) of songs heard but trimmed from them)."""
     n, m = keys.shape
-    slots = np.repeat(np.arange(n), m)
-    want = slot_key_codes(slots, keys.ravel())
+    want = slot_key_codes(np.repeat(np.arange(n), m), keys.ravel())
     out = np.zeros((n, m, 4), np.float32)
-    was_heard = heard(slots, keys.ravel(), heard_slots, heard_keys).reshape(n, m)
-    out[..., 0] = was_heard
     codes, pos, neg = slot_key_codes(rows.slots, rows.keys), rows.pos, rows.neg
     if len(codes) > 1 and (codes[1:] < codes[:-1]).any():  # a user's rows hold each song once
         order = np.argsort(codes)
         codes, pos, neg = codes[order], pos[order], neg[order]
     at, found = _find(codes, want)
+    was_heard = found.reshape(n, m)
+    if len(trimmed[0]):
+        was_heard = was_heard | mask_seen(keys, *trimmed)
+    out[..., 0] = was_heard
     if len(codes):
         out[..., 2] = np.where(found, np.log1p(np.maximum(pos[at], 0.0)), 0.0).reshape(n, m)
         out[..., 3] = np.where(found, np.log1p(np.maximum(neg[at], 0.0)), 0.0).reshape(n, m)

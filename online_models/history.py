@@ -168,8 +168,8 @@ class HistoryStore:
 
     def seen(self, users: np.ndarray, rows: UserRows | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(slot, song key) of every song ``users`` played or skipped: their rows (``rows``, when
-        the caller has gathered them already), plus songs trimmed from the rows (up to
-        ``max_forgotten`` per user), which they have still heard."""
+        the caller has gathered them already) in their order, then the songs trimmed from the rows
+        (up to ``max_forgotten`` per user), which they have still heard."""
         rows = self.gather(users) if rows is None else rows
         get = self._forgotten.get
         extra = [(i, f) for i, u in enumerate(users) if (f := get(u)) is not None]

@@ -166,12 +166,16 @@ def test_heard_signals_say_how_long_ago_and_how_much_each_user_played_a_candidat
     rows = UserRows(np.array([0, 0, 0, 1]), np.array([5, 7, 9, 7]), np.array([2.0, 1.0, 0.0, 1.0]),
                     np.array([0.0, 0.0, 1.0, 0.0]), np.zeros(4))
     keys = np.array([[5, 7, 9, 3], [7, 5, 3, 9]])
-    out = _heard_signals(keys, rows, rows.slots, rows.keys, recent)
+    none = (np.empty(0, np.int64), np.empty(0, np.int64))
+    out = _heard_signals(keys, rows, none, recent)
     assert out[..., 0].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    # a song trimmed from user 1's rows is still heard, with nothing else known of it
+    trimmed = _heard_signals(keys, rows, (np.array([1]), np.array([3])), recent)
+    assert trimmed[1, 2].tolist() == [1.0, -np.float32(np.log(5)), 0.0, 0.0]
     # plays ago: 5 is the latest (1), 7 two plays ago; 9 only skipped: past the window of 4 (5)
     np.testing.assert_allclose(out[..., 1], [[0.0, -np.log(2), -np.log(5), 0.0], [0.0, 0.0, 0.0, 0.0]], atol=1e-6)
     np.testing.assert_allclose(out[..., 2], np.log1p([[2, 1, 0, 0], [1, 0, 0, 0]]), atol=1e-6)
     np.testing.assert_allclose(out[..., 3], np.log1p([[0, 0, 1, 0], [0, 0, 0, 0]]), atol=1e-6)
     alone = _heard_signals(keys[1:], UserRows(np.array([0]), np.array([7]), np.array([1.0]), np.zeros(1),
-                                              np.zeros(1)), np.array([0]), np.array([7]), recent[1:])
+                                              np.zeros(1)), none, recent[1:])
     np.testing.assert_array_equal(alone, out[1:])
