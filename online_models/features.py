@@ -12,7 +12,7 @@ vector. Every signal is then scored on every candidate, whatever proposed it:
 * with ``relisten = learn``, what the user did with the song themselves: ``heard`` (1 if they
   played or skipped it), ``heard_recency`` (-log of how many plays ago they last played it, past
   the window of latest plays counting as one more), ``heard_plays`` and ``heard_skips`` (log1p of
-  their decayed engagement). The user's latest plays then join the candidates: whether people go
+  their decayed engagement). The user's latest k plays then join the candidates: whether people go
   back to songs is a habit of each stream (a fifth of Last.fm's plays, none of MovieLens's ratings),
   so the ranker learns it instead of a rule deciding it.
 
@@ -119,14 +119,14 @@ def pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndar
     pop_keys, pop_rank = _popular(state, widths)
     recent = state.recent.gather(users, config.cooc_query)
     query = state.cooc.query(recent)
-    # the other sources propose songs the user has not heard; with `learn` their latest plays
+    # the other sources propose songs the user has not heard; with `learn` their latest k plays
     # compete beside them, most recent first
     skip = None if always else (heard_slots, heard_keys)
     blocks = [np.broadcast_to(pop_keys, (n, len(pop_keys))), query.top(config.cooc_candidates, skip)]
     in_width = [pop_rank[None, :] < widths[:, None], np.ones(blocks[1].shape, bool)]
     if config.relisten == "learn":
-        blocks.append(recent[:, ::-1])
-        in_width.append(np.ones(recent.shape, bool))
+        blocks.append(recent[:, :-k - 1:-1])  # a list of k holds at most k of them
+        in_width.append(np.ones(blocks[-1].shape, bool))
     model = None if served is None else served.model
     known = np.zeros(n, np.int64) if known is None else known
     if model is not None and vectors is not None:
