@@ -26,6 +26,7 @@ from stream.errors import ServiceUnavailable
 from stream.events import Song
 from stream.kafka_config import faust_app_options, use_fetch_max_wait
 from stream.worker.dead_letters import DeadLetterSender
+from stream.worker.memory import trim_heap
 from stream.worker.messages import Message
 from stream.worker.parts import WorkerParts
 from stream.worker.start import evict_inactive, rebalance
@@ -209,6 +210,7 @@ class WorkerApp:
         return self.parts.backfill.ownership.known
 
     async def publish_stats(self) -> None:
+        trim_heap()  # before the RSS it reports: what is resident, not what was freed
         try:
             self.parts.publish_stats()
         except ServiceUnavailable as exc:

@@ -34,6 +34,19 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
         return False
 
 
+def trim_heap() -> bool:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``; False elsewhere). The
+    pinned threshold covers large arrays; the many small ones a batch frees leave free pages between
+    live ones, which only a trim returns."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def rss_mb() -> float:
     """This process's resident memory now (MiB); the peak where /proc is missing."""
     try:
