@@ -21,15 +21,22 @@ _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 MMAP_THRESHOLD = 256 * 1024  # bytes: arrays above this are mmapped
 
 
-def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold (no-op, False, on a C library without ``mallopt``)."""
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):  # musl or another libc: nothing to pin
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold (no-op, False, on a C library without ``mallopt``)."""
+    libc = _libc()
+    try:
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) if libc is not None else False
+    except AttributeError:  # musl or another libc: nothing to pin
         log.info("mallopt unavailable; resident memory may creep under load")
         return False
 
@@ -38,12 +45,10 @@ def trim_heap() -> bool:
     """Hand the heap's free pages back to the system (glibc ``malloc_trim``; False elsewhere). The
     pinned threshold covers large arrays; the many small ones a batch frees leave free pages between
     live ones, which only a trim returns."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
+    libc = _libc()
     try:
-        return bool(ctypes.CDLL(name).malloc_trim(0))
-    except (OSError, AttributeError):
+        return bool(libc.malloc_trim(0)) if libc is not None else False
+    except AttributeError:
         return False
 
 
