@@ -18,18 +18,19 @@ RECENT_PLAYS = 20  # the plays an explanation may name
 
 
 def explain(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, recs: RecList,
-            recent: int = RECENT_PLAYS) -> RecList:
+            recent: int = RECENT_PLAYS, keys: np.ndarray | None = None) -> RecList:
     """Fill ``reasons``: for each recommended song, the song among the user's ``recent`` latest
     plays it is most similar to (cosine of item factors): "because you played X"; a song they
     played themselves (see ``relisten``) is "you played it before"; songs the user's history says
-    nothing about are "popular now"."""
+    nothing about are "popular now". ``keys``: the lists' song keys, when the caller has them."""
     filled = recs.song_ids != ""
     reasons = np.full(recs.song_ids.shape, None, dtype=object)
     reasons[filled] = POPULAR_NOW
     if not len(users):
         return RecList(recs.song_ids, recs.scores, reasons, recs.version)
     rows = state.history.gather(users)
-    keys = song_keys(recs.song_ids.ravel()).reshape(recs.song_ids.shape)
+    if keys is None:
+        keys = song_keys(recs.song_ids.ravel()).reshape(recs.song_ids.shape)
     played = rows.pos > 0
     again = mask_seen(keys, rows.slots[played], rows.keys[played]) & filled
     if served is None:

@@ -156,11 +156,9 @@ def _signals(state: OnlineState, model: ServingModel | None, vectors: np.ndarray
     ladder = state.popularity
     n_rungs = len(ladder.half_lives)
     feats = np.empty((*keys.shape, state.ranker.n_features), np.float32)  # half the memory of what is kept for lessons
-    scale = ladder.maxima()
     # the first n_shared columns are the same songs for every user: score them once
-    feats[:, :n_shared, :n_rungs] = np.log(ladder.scores(keys[0, :n_shared]) / scale + _POP_FLOOR)[None] \
-        if len(keys) else 0.0
-    feats[:, n_shared:, :n_rungs] = np.log(ladder.scores(keys[:, n_shared:]) / scale + _POP_FLOOR)
+    feats[:, :n_shared, :n_rungs] = ladder.log_relative(keys[0, :n_shared], _POP_FLOOR)[None] if len(keys) else 0.0
+    feats[:, n_shared:, :n_rungs] = ladder.log_relative(keys[:, n_shared:], _POP_FLOOR)
     feats[..., n_rungs] = feats[..., ladder.best]
     votes, normalised = query.at(keys)
     top_votes, top_normalised = query.row_max()

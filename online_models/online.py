@@ -23,6 +23,7 @@ from online_models.scoring import (
     ServedPools,
     learn_ranker,
     recommend,
+    recommend_keys,
     user_pool,
 )
 from online_models.serving import ServingModel
@@ -142,8 +143,8 @@ class OnlineALS(Recommender):
         users = check_request(user_ids, k)
         served = self.holder.peek()
         if len(users):
-            lists = recommend(self.state, served, users, k, self._pool(served, users, k))
-            recs = explain(self.state, served, users, lists)
+            keys, lists = recommend_keys(self.state, served, users, k, self._pool(served, users, k))
+            recs = explain(self.state, served, users, lists, keys=keys)
         else:
             recs = RecList.empty(0, k, POPULARITY_VERSION if served is None else served.version)
         return ServedLists(recs, popular_list(self.state, served, k))

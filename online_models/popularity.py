@@ -107,6 +107,7 @@ class PopularityLadder:
         self._base = np.zeros(len(half_lives))  # exponent divided out of the stored values
         self.events = 0
         self._top: dict[int, tuple[int, np.ndarray]] = {}
+        self._log: tuple[float, np.ndarray] | None = None  # (floor, per-song table) until the next update
         self.hits = np.zeros(len(half_lives))  # plays each rung's top list would have caught
 
     def __len__(self) -> int:
@@ -155,6 +156,7 @@ class PopularityLadder:
             self._keys = np.insert(self._keys, at, uniq[~present])
             self._scaled = np.insert(self._scaled, at, sums[~present], axis=0)
         self._top.clear()
+        self._log = None
 
     def _now(self) -> np.ndarray:
         return np.exp2(self._base - (self.events - 1) * self._rate)
@@ -167,6 +169,20 @@ class PopularityLadder:
         pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         found = (self._keys[pos] == keys)[..., None]
         return np.where(found, self._scaled[pos] * self._now(), 0.0)
+
+    def log_relative(self, keys: np.ndarray, floor: float) -> np.ndarray:
+        """float32 (..., rungs): log(count / the rung's largest count + ``floor``) of song ``keys``
+        (log(floor) if unknown). The per-song table is computed once per batch of events: requests
+        between two updates only gather from it."""
+        keys = np.asarray(keys, np.int64)
+        if self._log is None or self._log[0] != floor:
+            # one row more, for unknown songs
+            table = np.vstack([self._scaled * (self._now() / self.maxima()), np.zeros((1, len(self.half_lives)))])
+            self._log = (floor, np.log(table + floor).astype(np.float32))
+        if not len(self._keys):
+            return np.broadcast_to(self._log[1][0], (*keys.shape, len(self.half_lives))).copy()
+        pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        return self._log[1][np.where(self._keys[pos] == keys, pos, len(self._keys))]
 
     def top(self, n: int, rung: int) -> np.ndarray:
         """Keys of the ``n`` most played songs at half-life ``rung`` (ties: lower key first)."""

@@ -117,12 +117,18 @@ def user_pool(state: OnlineState, served: Served[ServingModel] | None, users: np
 def recommend(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int,
               candidates: Pool | None = None) -> RecList:
     """Top-k per user: the ranker's score over the pool (``candidates``, when the caller has it)."""
+    return recommend_keys(state, served, users, k, candidates)[1]
+
+
+def recommend_keys(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int,
+                   candidates: Pool | None = None) -> tuple[np.ndarray, RecList]:
+    """:func:`recommend`, with the song keys of the lists (-1 pads) for callers that go on with them."""
     p = candidates if candidates is not None else user_pool(state, served, users, k)
     model, version = (None, POPULARITY_VERSION) if served is None else served
     scores = state.ranker.score(p.features, p.sizes).astype(np.float32)
     keys, top = _rank(state, model, users, p, scores, k)
-    return RecList(state.names_of(keys, None if model is None else model.index), top,
-                   np.full(keys.shape, None, dtype=object), version)
+    return keys, RecList(state.names_of(keys, None if model is None else model.index), top,
+                         np.full(keys.shape, None, dtype=object), version)
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,7 +12,6 @@ Unknown users read ``<ns>:popular`` (same shape, ``user_id`` null).
 from __future__ import annotations
 
 import json
-import math
 import re
 import threading
 import time
@@ -119,6 +118,17 @@ def mget(client: redis.Redis, keys: Sequence[str | bytes]) -> list[Any]:
     return client.mget(keys)
 
 
+def mset(client: redis.Redis, values: dict[str, bytes]) -> None:
+    """SET of every key: one MSET (one command to pack, where a pipeline of SETs packs one per key);
+    on a cluster, one per slot (``mset_nonatomic``)."""
+    if not values:
+        return
+    if is_cluster(client):
+        client.mset_nonatomic(values)  # type: ignore[attr-defined]
+    else:
+        client.mset(values)
+
+
 ScanCursor = int | dict[str, int]
 
 
@@ -183,18 +193,38 @@ def translate_errors(what: str) -> Iterator[None]:
         raise ServiceUnavailable(f"Redis failed while {what} ({exc})") from exc
 
 
-def encode_value(user_id: str | None, songs: Sequence[str], scores: Sequence[float],
-                 reasons: Sequence[str | None], version: str, updated_at: float,
-                 last_event: dict[str, Any] | None = None, arm: str | None = None) -> bytes:
-    # math.isfinite on a Python float: np.isfinite per scalar cost more than the JSON encoding itself
-    items = [{"song_id": s, "score": round(f, 6) if math.isfinite(f := float(v)) else None, "because": r}
-             for s, v, r in zip(songs, scores, reasons, strict=True) if s]
+def _json_scores(scores: Any) -> list[Any]:
+    """Scores rounded to 6 decimals as Python floats, None where not finite (one numpy pass for a
+    whole matrix: per-item float() and round() cost more than the JSON encoding itself)."""
+    rounded = np.round(np.asarray(scores, np.float64), 6)
+    out = rounded.astype(object)
+    out[~np.isfinite(rounded)] = None
+    return out.tolist()
+
+
+def _encode(user_id: str | None, songs: Sequence[str], scores: Sequence[float | None], reasons: Sequence[str | None],
+            version: str, updated_at: float, last_event: dict[str, Any] | None, arm: str | None) -> bytes:
+    items = [{"song_id": s, "score": v, "because": r} for s, v, r in zip(songs, scores, reasons, strict=True) if s]
     # orjson writes the same compact layout (keys in this order, no spaces) ~5x faster
     head: dict[str, Any] = {"user_id": user_id, "model_version": version, "updated_at": updated_at,
                             "last_event": last_event}
     if arm is not None:
         head["arm"] = arm  # only while an A/B test runs
     return orjson.dumps({**head, "items": items})
+
+
+def encode_value(user_id: str | None, songs: Sequence[str], scores: Sequence[float] | np.ndarray,
+                 reasons: Sequence[str | None], version: str, updated_at: float,
+                 last_event: dict[str, Any] | None = None, arm: str | None = None) -> bytes:
+    return _encode(user_id, list(songs), _json_scores(scores), list(reasons), version, updated_at, last_event, arm)
+
+
+def encode_values(users: Sequence[str | None] | np.ndarray, recs: RecList, updated_at: float,
+                  last_events: Sequence[dict[str, Any] | None] | None = None, arm: str | None = None) -> list[bytes]:
+    """:func:`encode_value` of every row of ``recs`` (row i is user i's list)."""
+    songs, scores, reasons = recs.song_ids.tolist(), _json_scores(recs.scores), recs.reasons.tolist()
+    return [_encode(user, songs[i], scores[i], reasons[i], recs.version, updated_at,
+                    None if last_events is None else last_events[i], arm) for i, user in enumerate(users)]
 
 
 _ITEMS = b'"items":['
@@ -264,18 +294,13 @@ class RecsWriter:
     def write(self, users: np.ndarray, recs: RecList, last_events: Sequence[dict[str, Any] | None] | None = None,
               popular: RecList | None = None, arm: str | None = None) -> float:
         now = time.time()
-        pipe = self.client.pipeline(transaction=False)
-        for i, user in enumerate(users):
-            pipe.set(self.keys.recs(user), encode_value(
-                user, recs.song_ids[i], recs.scores[i], recs.reasons[i], recs.version, now,
-                None if last_events is None else last_events[i], arm))
+        values = dict(zip((self.keys.recs(user) for user in users), encode_values(users, recs, now, last_events, arm),
+                          strict=True))
         if popular is not None and len(popular):
-            pipe.set(self.keys.popular(), encode_value(None, popular.song_ids[0], popular.scores[0],
-                                                        popular.reasons[0], popular.version, now))
+            values[self.keys.popular()] = encode_values([None], popular, now)[0]
         with translate_errors("writing recommendations"):
-            pipe.execute()
+            mset(self.client, values)
         return now
-
 
     def delete(self, users: Sequence[str]) -> int:
         """Remove users' lists (a forgotten user); returns how many existed."""
