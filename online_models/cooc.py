@@ -21,6 +21,7 @@ from online_models.sequences import RecentPlays
 
 # scaled units: a vote at event t is stored as w * 2^(t/h); rebase before float64 overflows
 _REBASE_EXPONENT = 400.0
+_DENSE_FILL = 4  # a query's votes are looked up in dense rows when at least a quarter of the cells hold one
 
 
 class CoocQuery:
@@ -79,6 +80,14 @@ class CoocQuery:
         if not len(self._codes):
             return np.zeros(keys.shape), np.zeros(keys.shape)
         want = np.arange(len(keys))[:, None] * max(self.n_cols, 1) + np.maximum(cols, 0)
+        cells = len(self) * max(self.n_cols, 1)
+        if cells <= _DENSE_FILL * len(self._codes):
+            # a product at least 1/_DENSE_FILL full: one dense row per user costs no more memory than
+            # its entries, and a gather is ~20x faster than a binary search per candidate
+            votes, normalised = np.zeros(cells), np.zeros(cells)
+            votes[self._codes], normalised[self._codes] = self.votes, self.normalised
+            valid = cols >= 0
+            return np.where(valid, votes[want], 0.0), np.where(valid, normalised[want], 0.0)
         pos = np.minimum(np.searchsorted(self._codes, want), len(self._codes) - 1)
         found = (self._codes[pos] == want) & (cols >= 0)
         return np.where(found, self.votes[pos], 0.0), np.where(found, self.normalised[pos], 0.0)
@@ -231,10 +240,15 @@ class CoOccurrence:
         plays = np.maximum(self._plays[:n] * now, 1e-300)
         weight = plays[rows[u, j]] ** -exponent if both_sides else np.ones(len(u))
         q = sp.csr_matrix((weight * now, (u, rows[u, j])), shape=(users, n))
-        votes = q @ self._main
-        for level in (self._delta, self._fresh):  # one product per level: adding levels costs the whole matrix
-            if level.nnz:
-                votes = votes + q @ level
+        # a level larger than what the query reaches in it gets a product of its own (adding it to the
+        # others costs the whole level); the smaller ones are added together first, for one product
+        levels = [level for level in (self._main, self._delta, self._fresh) if level.nnz]
+        reached = [(level, int(np.diff(level.indptr)[q.indices].sum())) for level in levels]
+        small = [level for level, reach in reached if level.nnz < reach]
+        products = [q @ level for level, reach in reached if level.nnz >= reach]
+        if small:
+            products.append(q @ sum(small[1:], small[0]))
+        votes = sum(products[1:], products[0]) if products else q @ self._main
         votes = votes.tocsr()
         votes.sort_indices()
         cols = votes.indices.astype(np.int64)

@@ -58,6 +58,24 @@ def test_cooccurrence_counts_votes_both_ways_and_normalises_by_plays() -> None:
     assert cooc.plays(np.array([1, 3, 9])).tolist() == [2.0, 1.0, 0.0]
 
 
+@pytest.mark.parametrize("fill", [0, 10**9])  # every query looked up by binary search / in dense rows
+def test_cooccurrence_lookups_agree_sparse_or_dense(fill: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    cooc, recent = CoOccurrence(), RecentPlays(10)
+    _learn(cooc, recent, [f"u{u}" for u in rng.integers(0, 8, 300)], rng.integers(1, 40, 300).tolist())
+    history = np.where(rng.random((6, 5)) < 0.2, PAD, rng.integers(1, 40, (6, 5)))
+    q = cooc.query(history, exponent=0.5)
+    keys = rng.integers(-1, 45, (6, 30))
+    rows = np.repeat(np.arange(6), np.diff(q.indptr))
+    want = {(r, int(q.songs.keys[c])): (v, n) for r, c, v, n in zip(rows, q.cols, q.votes, q.normalised, strict=True)}
+    monkeypatch.setattr("online_models.cooc._DENSE_FILL", fill)
+    votes, norm = q.at(keys)
+    expected = np.array([[want.get((u, int(k)), (0.0, 0.0)) for k in row] for u, row in enumerate(keys)])
+    assert (expected[..., 0] > 0).any() and (expected[..., 0] == 0).any()
+    np.testing.assert_allclose(votes, expected[..., 0])
+    np.testing.assert_allclose(norm, expected[..., 1])
+
+
 def test_cooccurrence_decays_in_events_and_prunes_to_the_strongest_neighbours() -> None:
     cooc, recent = CoOccurrence(half_life_events=4.0, max_neighbours=1), RecentPlays(10)
     _learn(cooc, recent, ["a", "a"], [1, 2])
