@@ -143,7 +143,8 @@ def pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndar
         allowed &= ~mask_seen(keys, heard_slots, heard_keys)
     if len(state.hidden):
         allowed &= ~state.hidden.mask(keys)
-    feats = _signals(state, model, vectors, keys, len(pop_keys), query)
+    keys, allowed = _compact(keys, allowed)
+    feats = _signals(state, model, vectors, keys, query)
     if config.relisten == "learn":
         # seen() lists the rows first, then songs trimmed from them: only those need a second lookup
         trimmed = heard_slots[len(rows):], heard_keys[len(rows):]
@@ -151,14 +152,22 @@ def pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndar
     return Pool(keys, allowed, feats, sizes, known)
 
 
+def _compact(keys: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's allowed candidates first, in their order, cut to the widest row (-1 pads): the
+    signals then cost nothing for the duplicates and the entries beyond a source's width, which
+    are most of the blocks as proposed (ranking ties go by key, not by position)."""
+    width = max(int(allowed.sum(axis=1).max(initial=0)), 1)
+    order = np.argsort(~allowed, axis=1, kind="stable")[:, :width]
+    kept = np.take_along_axis(allowed, order, axis=1)
+    return np.where(kept, np.take_along_axis(keys, order, axis=1), -1), kept
+
+
 def _signals(state: OnlineState, model: ServingModel | None, vectors: np.ndarray | None, keys: np.ndarray,
-             n_shared: int, query: CoocQuery) -> np.ndarray:
+             query: CoocQuery) -> np.ndarray:
     ladder = state.popularity
     n_rungs = len(ladder.half_lives)
     feats = np.empty((*keys.shape, state.ranker.n_features), np.float32)  # half the memory of what is kept for lessons
-    # the first n_shared columns are the same songs for every user: score them once
-    feats[:, :n_shared, :n_rungs] = ladder.log_relative(keys[0, :n_shared], _POP_FLOOR)[None] if len(keys) else 0.0
-    feats[:, n_shared:, :n_rungs] = ladder.log_relative(keys[:, n_shared:], _POP_FLOOR)
+    feats[..., :n_rungs] = ladder.log_relative(keys, _POP_FLOOR)
     feats[..., n_rungs] = feats[..., ladder.best]
     votes, normalised = query.at(keys)
     top_votes, top_normalised = query.row_max()

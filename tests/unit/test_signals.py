@@ -74,6 +74,15 @@ def test_cooccurrence_lookups_agree_sparse_or_dense(fill: int, monkeypatch: pyte
     assert (expected[..., 0] > 0).any() and (expected[..., 0] == 0).any()
     np.testing.assert_allclose(votes, expected[..., 0])
     np.testing.assert_allclose(norm, expected[..., 1])
+    # top: half by normalised, half by raw votes, never a skipped song; ties go to the lower column
+    skip = (np.array([0, 0, 3]), np.array([int(k) for k in q.songs.keys[:3]]))
+    top = q.top(7, skip)
+    for u in range(6):
+        entries = [(c, v, n) for r, c, v, n in zip(rows, q.cols, q.votes, q.normalised, strict=True)
+                   if r == u and v > 0 and (u, int(q.songs.keys[c])) not in set(zip(*skip, strict=True))]
+        best = {c for c, _, _ in sorted(entries, key=lambda e: (-e[2], e[0]))[:4]} | \
+            {c for c, _, _ in sorted(entries, key=lambda e: (-e[1], e[0]))[:3]}
+        assert top[u][top[u] >= 0].tolist() == [int(q.songs.keys[c]) for c in sorted(best)]
 
 
 def test_cooccurrence_decays_in_events_and_prunes_to_the_strongest_neighbours() -> None:
