@@ -37,7 +37,7 @@ def compact_own(log: EventLog, writer: str, min_segments: int = 256, small_bytes
     # long-lived worker, whose resident memory must not ratchet up with every merge
     with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as out:
         for p in own:
-            out.write_table(_without_void(log, conform(pq.read_table(p))))
+            out.write_table(_without_void(log, conform(pq.ParquetFile(p).read(use_threads=False))))
     pa.default_memory_pool().release_unused()
     os.replace(tmp, log.root / name)
     for p in own:

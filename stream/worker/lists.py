@@ -20,6 +20,7 @@ from stream.redis_store import RecsWriter
 from stream.worker.ab_arm import ABArm
 
 ACTIVE_USERS = 50_000  # users whose lists are rewritten first after a model swap
+SERVE_CHUNK = 512  # users per request (measured: per-user cost flat from 128 to 2,000, peak memory not)
 
 
 def last_per_user(users: np.ndarray, batch: EventBatch, produced_at: np.ndarray) -> list[dict[str, Any] | None]:
@@ -44,7 +45,16 @@ class ListWriter:
         self.k = k
 
     def write(self, users: np.ndarray, last_events: list[dict[str, Any] | None] | None) -> float:
-        """Recommend for ``users`` and store their lists and the popular list; returns the write time."""
+        """Recommend for ``users`` and store their lists and the popular list; returns the time of
+        the last write. A worker behind the stream takes big batches: their users are served
+        SERVE_CHUNK at a time, so a request's arrays (and the heap they leave behind) stay small."""
+        written = 0.0
+        for start in range(0, len(users), SERVE_CHUNK):
+            part = slice(start, start + SERVE_CHUNK)
+            written = self._write(users[part], None if last_events is None else last_events[part])
+        return written
+
+    def _write(self, users: np.ndarray, last_events: list[dict[str, Any] | None] | None) -> float:
         run = self.ab.run
         if run is None:
             lists = self.model.serve(users, self.k)
