@@ -268,7 +268,7 @@ class CoOccurrence:
         # a level larger than what the query reaches in it gets a product of its own (adding it to the
         # others costs the whole level); the smaller ones are added together first, for one product
         levels = [level for level in (self._main, self._delta, self._fresh) if level.nnz]
-        reached = [(level, int(np.diff(level.indptr)[q.indices].sum())) for level in levels]
+        reached = [(level, int((level.indptr[q.indices + 1] - level.indptr[q.indices]).sum())) for level in levels]
         small = [level for level, reach in reached if level.nnz < reach]
         products = [q @ level for level, reach in reached if level.nnz >= reach]
         if small:

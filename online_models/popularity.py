@@ -175,6 +175,12 @@ class PopularityLadder:
         (log(floor) if unknown). The per-song table is computed once per batch of events: requests
         between two updates only gather from it."""
         keys = np.asarray(keys, np.int64)
+        if keys.size < len(self._keys) and (self._log is None or self._log[0] != floor):
+            # fewer lookups than songs (a small batch): the table would cost more than it saves
+            pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+            scale = self._now() / self.maxima()
+            counts = np.where((self._keys[pos] == keys)[..., None], self._scaled[pos] * scale, 0.0)
+            return np.log(counts + floor).astype(np.float32)
         if self._log is None or self._log[0] != floor:
             # one row more, for unknown songs
             table = np.vstack([self._scaled * (self._now() / self.maxima()), np.zeros((1, len(self.half_lives)))])

@@ -206,3 +206,18 @@ def test_heard_signals_say_how_long_ago_and_how_much_each_user_played_a_candidat
     alone = _heard_signals(keys[1:], UserRows(np.array([0]), np.array([7]), np.array([1.0]), np.zeros(1),
                                               np.zeros(1)), none, recent[1:])
     np.testing.assert_array_equal(alone, out[1:])
+
+
+def test_popularity_log_relative_is_the_same_by_table_or_direct() -> None:
+    ladder = PopularityLadder((2.0, 0.0))
+    rng = np.random.default_rng(5)
+    songs = np.array([f"s{i}" for i in rng.integers(0, 30, 200)], dtype=object)
+    ladder.update(EventBatch.from_columns(np.full(200, "u", dtype=object), songs, None, np.arange(200.0), None,
+                                          np.array([f"e{i}" for i in range(200)], dtype=object)))
+    keys = song_keys([f"s{i}" for i in range(35)])  # five never played
+    few = ladder.log_relative(keys[:5], 1e-6)  # fewer keys than songs: computed directly
+    many = ladder.log_relative(np.tile(keys, 3), 1e-6)[:35]  # more: from the per-song table
+    np.testing.assert_allclose(few, many[:5], rtol=1e-6)
+    counts = ladder.scores(keys)
+    np.testing.assert_allclose(many, np.log(counts / counts.max(axis=0) + 1e-6), rtol=1e-5)
+    assert np.allclose(many[30:], np.log(1e-6))
