@@ -3,7 +3,7 @@
 Both consume the same pre-loaded topic (each in its own consumer group) with the same batch size and
 window; each rate counts from the end of its first batch to the end of its last, so neither includes
 the consumer group join. The worker's path: validate -> event log -> fold-in -> FAISS -> explanations
--> one Redis pipeline per batch.
+-> one Redis MSET per batch.
 """
 
 from __future__ import annotations

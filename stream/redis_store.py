@@ -285,7 +285,7 @@ class Recs:
 
 
 class RecsWriter:
-    """Writes many users' lists in one pipeline (the worker's only Redis write per batch)."""
+    """Writes many users' lists in one MSET (the worker's only Redis write per batch)."""
 
     def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
         self.client = client

@@ -1,4 +1,4 @@
-"""Writing users' lists: recommend with reasons, split by A/B arm, one Redis pipeline per arm.
+"""Writing users' lists: recommend with reasons, split by A/B arm, one Redis MSET per arm.
 
 Also the users recently active, whose lists the backfill rewrites first after a model swap.
 """

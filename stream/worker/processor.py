@@ -1,7 +1,7 @@
 """The hot path: what the worker does with one micro-batch of listening events, independent of Faust.
 
 validate -> append to the event log -> ``partial_fit`` -> recommend for the touched users -> one
-Redis pipeline. The online maths is the same ``online_models`` code the prequential replay runs;
+Redis MSET. The online maths is the same ``online_models`` code the prequential replay runs;
 this adds only the edges (log, Redis, dead letters, counters).
 """
 
