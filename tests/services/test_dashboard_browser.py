@@ -26,7 +26,7 @@ from playwright.sync_api import expect, sync_playwright
 from offline.eventlog import EventLog
 from offline.retrain import retrain_als
 from online_models.batch import EventBatch
-from stream.api.app import create_app
+from stream.api.app import create_app, server_options
 from stream.kafka_io import EventProducer, ensure_topics
 from stream.redis_store import RecsClient
 from stream.settings import Settings
@@ -69,7 +69,8 @@ def api_server(settings: Settings) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", access_log=False,
+                                           **server_options()))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
