@@ -63,6 +63,8 @@ def compact(log: EventLog, min_segments: int = 32) -> int:
 
 
 def _without_void(log: EventLog, table: pa.Table) -> pa.Table:
+    if not len(log.tombstones):  # no forgotten user: the columns need not become Python strings
+        return table
     void = log.tombstones.void(table.column("user_id").to_numpy(zero_copy_only=False),
                                table.column("ts").to_numpy(zero_copy_only=False))
     return table.filter(pa.array(~void)) if void.any() else table
