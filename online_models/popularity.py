@@ -175,20 +175,15 @@ class PopularityLadder:
         (log(floor) if unknown). The per-song table is computed once per batch of events: requests
         between two updates only gather from it."""
         keys = np.asarray(keys, np.int64)
-        if keys.size < len(self._keys) and (self._log is None or self._log[0] != floor):
-            # fewer lookups than songs (a small batch): the table would cost more than it saves
-            pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-            scale = self._now() / self.maxima()
-            counts = np.where((self._keys[pos] == keys)[..., None], self._scaled[pos] * scale, 0.0)
-            return np.log(counts + floor).astype(np.float32)
+        pos = np.minimum(np.searchsorted(self._keys, keys), max(len(self._keys) - 1, 0))
+        row = np.where(self._keys[pos] == keys, pos, len(self._keys)) if len(self._keys) \
+            else np.zeros(keys.shape, np.int64)  # the last row: an unknown song
         if self._log is None or self._log[0] != floor:
-            # one row more, for unknown songs
-            table = np.vstack([self._scaled * (self._now() / self.maxima()), np.zeros((1, len(self.half_lives)))])
-            self._log = (floor, np.log(table + floor).astype(np.float32))
-        if not len(self._keys):
-            return np.broadcast_to(self._log[1][0], (*keys.shape, len(self.half_lives))).copy()
-        pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-        return self._log[1][np.where(self._keys[pos] == keys, pos, len(self._keys))]
+            relative = np.vstack([self._scaled * (self._now() / self.maxima()), np.zeros((1, len(self.half_lives)))])
+            if keys.size < len(self._keys):  # fewer lookups than songs (a small batch): no table
+                return np.log(relative[row] + floor).astype(np.float32)
+            self._log = (floor, np.log(relative + floor).astype(np.float32))
+        return self._log[1][row]
 
     def top(self, n: int, rung: int) -> np.ndarray:
         """Keys of the ``n`` most played songs at half-life ``rung`` (ties: lower key first)."""

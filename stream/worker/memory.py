@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import resource
@@ -21,6 +22,7 @@ _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 MMAP_THRESHOLD = 256 * 1024  # bytes: arrays above this are mmapped
 
 
+@functools.cache  # found once: find_library reads the linker cache, and the stats timer calls every 2 s
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
