@@ -108,6 +108,7 @@ class PopularityLadder:
         self.events = 0
         self._top: dict[int, tuple[int, np.ndarray]] = {}
         self._log: tuple[float, np.ndarray] | None = None  # (floor, per-song table) until the next update
+        self._peak = np.zeros(len(half_lives))  # largest stored value of each rung, kept up to date by update()
         self.hits = np.zeros(len(half_lives))  # plays each rung's top list would have caught
 
     def __len__(self) -> int:
@@ -142,6 +143,7 @@ class PopularityLadder:
         if (exps.max(axis=0) - self._base).max() > _REBASE_EXPONENT:
             shift = exps.max(axis=0) - self._base
             self._scaled *= np.exp2(-shift)
+            self._peak *= np.exp2(-shift)
             self._base += shift
         contrib = np.exp2(exps - self._base)
         uniq, inv = np.unique(batch.song_keys[plays], return_inverse=True)
@@ -155,6 +157,8 @@ class PopularityLadder:
             at = np.searchsorted(self._keys, uniq[~present])
             self._keys = np.insert(self._keys, at, uniq[~present])
             self._scaled = np.insert(self._scaled, at, sums[~present], axis=0)
+        # counts only grow between rebases, so the new peak is among the old one and this batch's songs
+        self._peak = np.maximum(self._peak, self._scaled[np.searchsorted(self._keys, uniq)].max(axis=0))
         self._top.clear()
         self._log = None
 
@@ -179,9 +183,12 @@ class PopularityLadder:
         row = np.where(self._keys[pos] == keys, pos, len(self._keys)) if len(self._keys) \
             else np.zeros(keys.shape, np.int64)  # the last row: an unknown song
         if self._log is None or self._log[0] != floor:
-            relative = np.vstack([self._scaled * (self._now() / self.maxima()), np.zeros((1, len(self.half_lives)))])
+            scale = self._now() / self.maxima()
             if keys.size < len(self._keys):  # fewer lookups than songs (a small batch): no table
-                return np.log(relative[row] + floor).astype(np.float32)
+                known = (row < len(self._keys))[..., None]
+                relative = np.where(known, self._scaled[np.minimum(row, len(self._keys) - 1)] * scale, 0.0)
+                return np.log(relative + floor).astype(np.float32)
+            relative = np.vstack([self._scaled * scale, np.zeros((1, len(self.half_lives)))])
             self._log = (floor, np.log(relative + floor).astype(np.float32))
         return self._log[1][row]
 
@@ -203,4 +210,4 @@ class PopularityLadder:
         """Largest decayed count of each rung (1 where nothing was counted)."""
         if not len(self._keys):
             return np.ones(len(self.half_lives))
-        return np.maximum(self._scaled.max(axis=0) * self._now(), 1e-300)
+        return np.maximum(self._peak * self._now(), 1e-300)
