@@ -1,6 +1,7 @@
 """The worker's Faust app: named agents and timers, each a thin shell around the worker's parts.
 
-Faust's ``take_events`` acks a batch only after the loop body returns, so offsets are committed
+Batches come from ``batching.take_batches`` (Faust's ``take_events``, growing while the worker is
+behind), which acks a batch only after the loop body returns, so offsets are committed
 only for events already in the log, in Redis and (if refused) in the dead-letter topic. A crash
 before that means redelivery, and the worker learns a redelivered event once (``dedup``).
 
@@ -25,6 +26,7 @@ from stream.catalog_feed import follow_catalog
 from stream.errors import ServiceUnavailable
 from stream.events import Song
 from stream.kafka_config import faust_app_options, use_fetch_max_wait
+from stream.worker.batching import consumer_highwater, take_batches
 from stream.worker.dead_letters import DeadLetterSender
 from stream.worker.memory import trim_heap
 from stream.worker.messages import Message
@@ -108,7 +110,8 @@ class WorkerApp:
 
     async def consume_events(self, stream: faust.StreamT) -> None:
         cfg = self.parts.settings.stream
-        async for events in stream.take_events(cfg.batch_size, within=cfg.batch_within):  # type: ignore[attr-defined]
+        async for events in take_batches(stream, cfg.batch_size, cfg.batch_within, cfg.batch_catchup,
+                                         consumer_highwater(self.app)):
             await self.settled.wait()
             await self._dead(await with_redis_retry("processing a batch", self.parts.processor.process,
                                                     _messages(events)))

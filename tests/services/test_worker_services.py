@@ -14,7 +14,7 @@ import pytest
 
 from offline.eventlog import EventLog
 from offline.retrain import retrain_als
-from online_models.batch import EventBatch
+from online_models.batch import PLAY, EventBatch
 from stream.kafka_io import EventProducer, ensure_topics, read_topic
 from stream.redis_store import RecsClient, connect
 from stream.worker.messages import REASON_HEADER, SOURCE_HEADER
@@ -190,3 +190,22 @@ def test_new_song_from_the_catalog_is_recommended_before_anyone_plays_it(make_se
     odd_hits = sum("fresh-odd" in lists[u].song_ids for u in odd_users)
     even_hits = sum("fresh-odd" in lists[u].song_ids for u in even_users)
     assert odd_hits >= 5 and even_hits <= 1, (odd_hits, even_hits)
+
+
+def test_a_worker_behind_a_backlog_takes_few_large_batches_and_loses_nothing(make_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
+    # Faust hands over a backlog one fetch at a time (one record batch per partition from the
+    # embedded broker, ~100 events); a fixed 20-ms window makes each of those a batch (63 batches
+    # here with take_events, 8-11 with take_batches)
+    settings, _, _ = seeded(make_settings, stream__batch_size=1000)
+    backlog = synthetic_log(n_events=8000, seed=3)
+    backlog = EventBatch.from_columns(backlog.user_ids, backlog.song_ids,
+                                      np.where(backlog.kinds == PLAY, "play", "skip").astype(object),
+                                      np.full(len(backlog), time.time()), None,
+                                      np.array([f"b{i}" for i in range(len(backlog))], dtype=object))
+    with EventProducer(settings.stream) as producer:
+        producer.send_events(backlog)
+    worker = start_worker(settings)
+    stats = worker.wait(lambda s: s["events"] >= len(backlog), 120, "the backlog")
+    assert stats["events"] == len(backlog) and stats["refused"] == 0
+    assert stats["batches"] <= 24, f"{stats['batches']} batches for a backlog of {len(backlog)} (at most 1000 each)"
+    assert set(backlog.event_ids) <= set(EventLog(settings.stream.log_dir).read().event_ids)
