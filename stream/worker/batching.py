@@ -5,11 +5,11 @@ messages to an agent one at a time, and only while the event loop is free, so af
 fixed short wait gathers a short batch, whatever is waiting in Kafka: under a backlog the worker
 then pays its per-batch costs (a request's signals, one log segment, one Redis round trip) every
 ~100 events. :func:`take_batches` is ``take_events`` with one change: when, after the usual wait,
-Kafka holds at least as many more events of the stream as the batch already has (the consumer's
-highwater against the next offset buffered, per partition), it keeps gathering, one more wait at a
-time, while events keep coming (no gap over ``STALL_S``), up to ``max_`` events and ``catchup``
-seconds. A worker that is not behind batches exactly as before; a worker that is gets a few
-large batches instead of many small ones.
+Kafka holds at least as many more events of the stream as the batch already has, and at least a
+quarter of a full batch (the consumer's highwater against the next offset buffered, per partition),
+it keeps gathering, one more wait at a time, while events keep coming (no gap over ``STALL_S``),
+up to ``max_`` events and ``catchup`` seconds. A worker that keeps up batches exactly as before; a
+worker that is behind gets a few large batches instead of many small ones.
 
 Acks are Faust's own: a batch's events are acked only after the loop body that received it returns,
 so offsets are committed only for events already processed (the guarantee ``take_events`` gives).
@@ -71,8 +71,8 @@ class Waiting:
 async def take_batches(stream: Any, max_: int, within: float, catchup: float,
                        highwater: Highwater) -> AsyncIterator[list[Any]]:
     """Batches of at most ``max_`` events of ``stream``: each waits ``within`` seconds (or until
-    full), then, while Kafka holds at least as many more events as the batch has and they keep
-    coming, up to ``catchup`` seconds more. Events are acked after the caller's body for the batch
+    full), then, while Kafka holds at least as many more events as the batch has (and ``max_ // 4``)
+    and they keep coming, up to ``catchup`` seconds more. Events are acked after the caller's body for the batch
     returns."""
     if max_ <= 0 or within <= 0 or catchup < 0:
         raise ValueError("max_ and within must be positive and catchup >= 0")
@@ -82,6 +82,9 @@ async def take_batches(stream: Any, max_: int, within: float, catchup: float,
     buffer_consumed = asyncio.Event()
     consuming: asyncio.Future[None] | None = None
     waiting = Waiting(highwater)
+    # fewer waiting events than a quarter of a full batch: a worker that keeps up (a batch's worth
+    # arrives while it runs) serves them in its next batch rather than wait a fetch or two for them
+    behind = max(max_ // 4, 1)
     loop = asyncio.get_running_loop()
     arrived_at = 0.0  # when the newest event came
     channel_it = aiter(stream.channel)
@@ -121,7 +124,7 @@ async def take_batches(stream: Any, max_: int, within: float, catchup: float,
         await stream.wait_for_stopped(buffer_full, timeout=within)
         deadline = loop.time() + catchup
         while buffer and not buffer_full.is_set() and loop.time() < min(deadline, arrived_at + STALL_S) \
-                and waiting.count() >= len(buffer):
+                and waiting.count() >= max(len(buffer), behind):
             # (mode reports a timeout as "stopped" too, so the stream itself is asked)
             await stream.wait_for_stopped(buffer_full, timeout=within)
             if stream.should_stop:
