@@ -7,12 +7,14 @@ then pays its per-batch costs (a request's signals, one log segment, one Redis r
 ~100 events. :func:`take_batches` is ``take_events`` with one change: when, after the usual wait,
 Kafka holds at least as many more events of the stream as the batch already has, and at least a
 quarter of a full batch (the consumer's highwater against the next offset buffered, per partition),
-it keeps gathering, one more wait at a time, while events keep coming (no gap over ``STALL_S``),
-up to ``max_`` events and ``catchup`` seconds. A worker that keeps up batches exactly as before; a
+the worker is behind: it keeps gathering, one more wait at a time, while Kafka holds more and they
+keep coming (no gap over ``STALL_S``), up to ``max_`` events and ``catchup`` seconds. A worker that keeps up batches exactly as before; a
 worker that is behind gets a few large batches instead of many small ones.
 
-Acks are Faust's own: a batch's events are acked only after the loop body that received it returns,
-so offsets are committed only for events already processed (the guarantee ``take_events`` gives).
+A batch's events are acked only after the loop body that received it returns, so offsets are
+committed only for events already processed. Unlike ``take_events``, a body that raises (or is
+cancelled) leaves its batch unacked: those offsets are never committed, and Kafka redelivers the
+events to whoever consumes the partition next.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ class Waiting:
 async def take_batches(stream: Any, max_: int, within: float, catchup: float,
                        highwater: Highwater) -> AsyncIterator[list[Any]]:
     """Batches of at most ``max_`` events of ``stream``: each waits ``within`` seconds (or until
-    full), then, while Kafka holds at least as many more events as the batch has (and ``max_ // 4``)
-    and they keep coming, up to ``catchup`` seconds more. Events are acked after the caller's body for the batch
+    full); then, if Kafka holds at least as many more events as the batch has (and ``max_ // 4``),
+    while it holds more and they keep coming, up to ``catchup`` seconds more. Events are acked after the caller's body for the batch
     returns."""
     if max_ <= 0 or within <= 0 or catchup < 0:
         raise ValueError("max_ and within must be positive and catchup >= 0")
@@ -122,22 +124,28 @@ async def take_batches(stream: Any, max_: int, within: float, catchup: float,
     stream._enable_passive(channel_it)
     while not stream.should_stop:
         await stream.wait_for_stopped(buffer_full, timeout=within)
-        deadline = loop.time() + catchup
-        while buffer and not buffer_full.is_set() and loop.time() < min(deadline, arrived_at + STALL_S) \
-                and waiting.count() >= max(len(buffer), behind):
-            # (mode reports a timeout as "stopped" too, so the stream itself is asked)
-            await stream.wait_for_stopped(buffer_full, timeout=within)
-            if stream.should_stop:
-                break
+        if buffer and waiting.count() >= max(len(buffer), behind):  # behind: catch up
+            deadline = loop.time() + catchup
+            while not buffer_full.is_set() and loop.time() < min(deadline, arrived_at + STALL_S) \
+                    and waiting.count() > 0:
+                # (mode reports a timeout as "stopped" too, so the stream itself is asked)
+                await stream.wait_for_stopped(buffer_full, timeout=within)
+                if stream.should_stop:
+                    break
         if not buffer:
             continue
         consuming = loop.create_future()
+        processed = False
         try:
             yield list(events)
+            processed = True
         finally:
             buffer.clear()
-            for event in events:
-                await stream.ack(event)
+            # take_events acks here whatever happened; a batch whose body raised (or was cancelled)
+            # stays unacked, so its offsets are never committed and Kafka redelivers it
+            if processed:
+                for event in events:
+                    await stream.ack(event)
             events.clear()
             notify(consuming)
             buffer_full.clear()

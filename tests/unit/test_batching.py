@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from typing import Any
 
 import pytest
 
@@ -64,3 +67,130 @@ def test_take_batches_refuses_bad_bounds(args: tuple[int, float, float]) -> None
 
     with pytest.raises(ValueError, match="max_ and within"):
         asyncio.run(first())
+
+
+class _Message:
+    def __init__(self, tp: str, offset: int) -> None:
+        self.tp, self.offset = tp, offset
+
+
+class _Event:
+    def __init__(self, tp: str, offset: int) -> None:
+        self.message = _Message(tp, offset)
+
+
+class _Stream:
+    """The part of a Faust stream take_batches uses: a passive drainer that runs the processors on
+    each event as it arrives (here from a queue the test fills), waits, and acks."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[_Event] = asyncio.Queue()
+        self.channel = self
+        self.processors: list[Any] = []
+        self.current_event: _Event | None = None
+        self.acked: list[int] = []
+        self.should_stop = False
+        self.enable_acks = True
+        self.log = logging.getLogger("test")
+        self._drainer: asyncio.Task[None] | None = None
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    def add_processor(self, fn: Any) -> None:
+        self.processors.append(fn)
+
+    def _enable_passive(self, channel: Any) -> None:
+        self._drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while True:
+            event = await self.queue.get()
+            self.current_event = event
+            for fn in self.processors:
+                await fn(event)
+
+    async def wait(self, event: asyncio.Event, timeout: float | None = None) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def wait_for_stopped(self, event: asyncio.Event, timeout: float | None = None) -> bool:
+        await self.wait(event, timeout)
+        return True  # as mode does on a timeout
+
+    async def ack(self, event: _Event) -> None:
+        self.acked.append(event.message.offset)
+
+    async def crash(self, exc: BaseException) -> None:  # pragma: no cover - never reached here
+        raise exc
+
+
+def _feed(stream: _Stream, offsets: range, every: float = 0.0) -> asyncio.Task[None]:
+    async def feed() -> None:
+        for offset in offsets:
+            stream.queue.put_nowait(_Event("p0", offset))
+            if every:
+                await asyncio.sleep(every)
+
+    return asyncio.get_running_loop().create_task(feed())
+
+
+def test_a_worker_that_is_behind_takes_what_waits_in_kafka_in_one_batch() -> None:
+    async def run() -> list[int]:
+        stream = _Stream()
+        # 400 events arrive 2 ms apart: one 20-ms wait brings ~10, while Kafka says 400 exist
+        feeder = _feed(stream, range(400), every=0.002)
+        sizes = []
+        async for batch in take_batches(stream, 1000, 0.02, 2.0, highwater=lambda tp: 400):
+            sizes.append(len(batch))
+            if sum(sizes) >= 400:
+                break
+        feeder.cancel()
+        return sizes
+
+    sizes = asyncio.run(run())
+    assert sizes[0] == 400
+
+
+def test_a_worker_that_keeps_up_is_not_made_to_wait() -> None:
+    async def run() -> list[int]:
+        stream = _Stream()
+        feeder = _feed(stream, range(400), every=0.002)
+        sizes = []
+        # Kafka holds nothing beyond what was fetched: batches are what one 20-ms wait brings
+        async for batch in take_batches(stream, 1000, 0.02, 2.0,
+                                        highwater=lambda tp: stream.current_event.message.offset + 1):
+            sizes.append(len(batch))
+            if sum(sizes) >= 400:
+                break
+        feeder.cancel()
+        return sizes
+
+    sizes = asyncio.run(run())
+    assert len(sizes) >= 10 and max(sizes) < 100
+
+
+def test_events_are_acked_after_their_batch_and_never_when_it_failed() -> None:
+    async def run() -> tuple[list[int], list[int]]:
+        stream = _Stream()
+        _feed(stream, range(5))
+        acked_during: list[int] = []
+        batches = take_batches(stream, 5, 0.02, 0.0, highwater=lambda tp: None)
+        async for batch in batches:
+            acked_during = list(stream.acked)  # nothing is acked while its body runs
+            assert [e.message.offset for e in batch] == [0, 1, 2, 3, 4]
+            break
+        await batches.aclose()  # the loop left the body early: as if it raised
+        return acked_during, stream.acked
+
+    during, after = asyncio.run(run())
+    assert during == [] and after == []
+
+    async def ok() -> list[int]:
+        stream = _Stream()
+        _feed(stream, range(5))
+        async for _ in take_batches(stream, 5, 0.02, 0.0, highwater=lambda tp: None):
+            stream.should_stop = True  # the next turn ends the loop, after this batch's acks
+        return stream.acked
+
+    assert asyncio.run(ok()) == [0, 1, 2, 3, 4]
