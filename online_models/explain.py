@@ -7,6 +7,7 @@ import numpy as np
 from index_manager.holder import Served
 from index_manager.keys import song_keys
 from online_models.base import RecList
+from online_models.history import UserRows
 from online_models.ranking import mask_seen
 from online_models.scoring import POPULARITY_VERSION
 from online_models.serving import ServingModel
@@ -18,17 +19,18 @@ RECENT_PLAYS = 20  # the plays an explanation may name
 
 
 def explain(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, recs: RecList,
-            recent: int = RECENT_PLAYS, keys: np.ndarray | None = None) -> RecList:
+            recent: int = RECENT_PLAYS, keys: np.ndarray | None = None, rows: UserRows | None = None) -> RecList:
     """Fill ``reasons``: for each recommended song, the song among the user's ``recent`` latest
     plays it is most similar to (cosine of item factors): "because you played X"; a song they
     played themselves (see ``relisten``) is "you played it before"; songs the user's history says
-    nothing about are "popular now". ``keys``: the lists' song keys, when the caller has them."""
+    nothing about are "popular now". ``keys`` / ``rows``: the lists' song keys and the users' history
+    rows, when the caller has them."""
     filled = recs.song_ids != ""
     reasons = np.full(recs.song_ids.shape, None, dtype=object)
     reasons[filled] = POPULAR_NOW
     if not len(users):
         return RecList(recs.song_ids, recs.scores, reasons, recs.version)
-    rows = state.history.gather(users)
+    rows = state.history.gather(users) if rows is None else rows
     if keys is None:
         keys = song_keys(recs.song_ids.ravel()).reshape(recs.song_ids.shape)
     played = rows.pos > 0
@@ -53,9 +55,11 @@ def explain(state: OnlineState, served: Served[ServingModel] | None, users: np.n
     sims = np.where((hist >= 0)[:, None, :], sims, -np.inf)
     best = np.argmax(sims, axis=2)
     found = np.isfinite(np.max(sims, axis=2)) & (rec_rows >= 0)
-    source = index.names[np.take_along_axis(hist, best, axis=1)]
     explained = found & filled
-    reasons[explained] = [f"because you played {s}" for s in source[explained]]
+    # one string per song named, not per slot: a batch names the same few songs many times
+    named, which = np.unique(np.take_along_axis(hist, best, axis=1)[explained], return_inverse=True)
+    texts = np.array([f"because you played {s}" for s in index.names[named]], dtype=object)
+    reasons[explained] = texts[which.ravel()]
     reasons[again] = PLAYED_BEFORE
     return RecList(recs.song_ids, recs.scores, reasons, recs.version)
 

@@ -106,12 +106,13 @@ def _relative_log(values: np.ndarray, top: np.ndarray, floor: float) -> np.ndarr
 
 
 def pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int,
-         vectors: np.ndarray | None = None, known: np.ndarray | None = None) -> Pool:
+         vectors: np.ndarray | None = None, known: np.ndarray | None = None, rows: UserRows | None = None) -> Pool:
     """Candidates and signals for ``users`` under the served version (or popularity and co-occurrence
-    alone before any version); ``vectors``/``known`` are the users' folded-in vectors, if computed."""
+    alone before any version); ``vectors``/``known`` are the users' folded-in vectors, if computed;
+    ``rows`` their history rows, if the caller gathered them."""
     config = state.config
     n = len(users)
-    rows = state.history.gather(users)
+    rows = state.history.gather(users) if rows is None else rows
     heard_slots, heard_keys = state.history.seen(users, rows)
     sizes = np.bincount(heard_slots, minlength=n)
     always = config.relisten == "always"

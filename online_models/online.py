@@ -15,6 +15,7 @@ from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
 from online_models.explain import explain, popular_list
 from online_models.features import LESSON_K, Pool
+from online_models.history import UserRows
 from online_models.interactions import Interactions
 from online_models.scoring import (
     FRESH_EVERY,
@@ -132,9 +133,10 @@ class OnlineALS(Recommender):
         served = self.holder.peek()
         return recommend(self.state, served, users, k, self._pool(served, users, k))
 
-    def _pool(self, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> Pool:
+    def _pool(self, served: Served[ServingModel] | None, users: np.ndarray, k: int, rows: UserRows | None = None
+              ) -> Pool:
         """The users' pool, kept for the next partial_fit: their next plays learn from what they were served."""
-        candidates = user_pool(self.state, served, users, k)
+        candidates = user_pool(self.state, served, users, k, rows)
         self._served_pools.add(ServedPool(users, self.state.history.stamps(users), served, candidates))
         return candidates
 
@@ -143,8 +145,9 @@ class OnlineALS(Recommender):
         users = check_request(user_ids, k)
         served = self.holder.peek()
         if len(users):
-            keys, lists = recommend_keys(self.state, served, users, k, self._pool(served, users, k))
-            recs = explain(self.state, served, users, lists, keys=keys)
+            rows = self.state.history.gather(users)  # one gather for the fold-in, the pool and the reasons
+            keys, lists = recommend_keys(self.state, served, users, k, self._pool(served, users, k, rows))
+            recs = explain(self.state, served, users, lists, keys=keys, rows=rows)
         else:
             recs = RecList.empty(0, k, POPULARITY_VERSION if served is None else served.version)
         return ServedLists(recs, popular_list(self.state, served, k))

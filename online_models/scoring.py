@@ -25,6 +25,7 @@ from online_models.base import RecList
 from online_models.batch import PLAY, EventBatch
 from online_models.features import LESSON_K, Pool, pool
 from online_models.foldin import confidences, fold_in, fold_in_cg
+from online_models.history import UserRows
 from online_models.ranking import mmr, take_top
 from online_models.sasrec_serving import user_queries
 from online_models.serving import ServingModel
@@ -50,7 +51,8 @@ def fold_in_rows(model: ServingModel, slots: np.ndarray, item_rows: np.ndarray, 
     return fold_in(*args) if x0 is None else fold_in_cg(*args, x0=x0, steps=steps)
 
 
-def user_vectors(state: OnlineState, model: ServingModel, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def user_vectors(state: OnlineState, model: ServingModel, users: np.ndarray, rows: UserRows | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Folded-in vectors of ``users`` against ``model`` and how many of their songs it knows.
 
     A user's vector is cached with the model version and their history's generation: unchanged
@@ -58,7 +60,7 @@ def user_vectors(state: OnlineState, model: ServingModel, users: np.ndarray) -> 
     and the rest get the exact solve. A sequence model (SASRec) reads the recent plays instead."""
     if model.sequence is not None:
         return user_queries(state, model, users)
-    rows = state.history.gather(users)
+    rows = state.history.gather(users) if rows is None else rows
     item_rows = model.index.rows(rows.keys)
     usable = item_rows >= 0
     known = np.bincount(rows.slots[usable & (rows.pos > rows.neg)], minlength=len(users))
@@ -106,12 +108,15 @@ def rerank(model: ServingModel, users: np.ndarray, keys: np.ndarray, scores: np.
     return keys[:, :depth], scores[:, :depth]
 
 
-def user_pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> Pool:
-    """The users' candidates and signals under ``served`` (their vectors folded in first)."""
+def user_pool(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int,
+              rows: UserRows | None = None) -> Pool:
+    """The users' candidates and signals under ``served`` (their vectors folded in first); ``rows``:
+    their history rows, when the caller has them (one gather serves the fold-in and the pool)."""
+    rows = state.history.gather(users) if rows is None else rows
     if served is None:
-        return pool(state, None, users, k)
-    vectors, known = user_vectors(state, served.model, users)
-    return pool(state, served, users, k, vectors, known)
+        return pool(state, None, users, k, rows=rows)
+    vectors, known = user_vectors(state, served.model, users, rows)
+    return pool(state, served, users, k, vectors, known, rows)
 
 
 def recommend(state: OnlineState, served: Served[ServingModel] | None, users: np.ndarray, k: int,
