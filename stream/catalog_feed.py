@@ -39,7 +39,7 @@ async def follow_catalog(cfg: StreamConfig, handle: Callable[[list[Message]], Aw
                                     **aiokafka_options(cfg))
         try:
             await consumer.start()
-            partitions = sorted(await _partitions(consumer, cfg.songs_topic))
+            partitions = sorted(await partitions_of(consumer, cfg.songs_topic))
             consumer.assign([TopicPartition(cfg.songs_topic, p) for p in partitions])
             await consumer.seek_to_beginning()
             log.info("following the catalog %s (%d partitions) as a broadcast", cfg.songs_topic, len(partitions))
@@ -58,7 +58,8 @@ async def follow_catalog(cfg: StreamConfig, handle: Callable[[list[Message]], Aw
         delay = min(delay * 2, RETRY_MAX_S)
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0) -> set[int]:
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0) -> set[int]:
+    """The partition ids of ``topic`` as a started aiokafka consumer sees them."""
     # metadata for a topic another process has just created can take a moment to appear
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

@@ -8,8 +8,9 @@ then pays its per-batch costs (a request's signals, one log segment, one Redis r
 Kafka holds at least as many more events of the stream as the batch already has, and at least a
 quarter of a full batch (the consumer's highwater against the next offset buffered, per partition),
 the worker is behind: it keeps gathering, one more wait at a time, while Kafka holds more and they
-keep coming (no gap over ``STALL_S``), up to ``max_`` events and ``catchup`` seconds. A worker that keeps up batches exactly as before; a
-worker that is behind gets a few large batches instead of many small ones.
+keep coming (no gap over ``STALL_S``), up to ``max_`` events and ``catchup`` seconds. A worker
+that keeps up batches exactly as before; a worker that is behind gets a few large batches instead
+of many small ones.
 
 A batch's events are acked only after the loop body that received it returns, so offsets are
 committed only for events already processed. Unlike ``take_events``, a body that raises (or is
@@ -74,8 +75,8 @@ async def take_batches(stream: Any, max_: int, within: float, catchup: float,
                        highwater: Highwater) -> AsyncIterator[list[Any]]:
     """Batches of at most ``max_`` events of ``stream``: each waits ``within`` seconds (or until
     full); then, if Kafka holds at least as many more events as the batch has (and ``max_ // 4``),
-    while it holds more and they keep coming, up to ``catchup`` seconds more. Events are acked after the caller's body for the batch
-    returns."""
+    while it holds more and they keep coming, up to ``catchup`` seconds more. Events are acked after
+    the caller's body for the batch returns."""
     if max_ <= 0 or within <= 0 or catchup < 0:
         raise ValueError("max_ and within must be positive and catchup >= 0")
     buffer: list[Any] = []

@@ -92,6 +92,8 @@ class BatchProcessor:
         c.last_batch_ms = (time.perf_counter() - started) * 1000
         if events:
             c.last_batch_at = time.time()
+            c.cpu_at_last_batch = time.process_time()
             if not c.first_batch_at:
                 c.first_batch_at = c.last_batch_at
+                c.cpu_at_first_batch = c.cpu_at_last_batch
                 c.events_at_first_batch = c.events

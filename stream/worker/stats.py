@@ -38,6 +38,8 @@ class Counters:
     first_batch_at: float = 0.0  # wall clock of the first and latest batch with events (throughput)
     last_batch_at: float = 0.0
     events_at_first_batch: int = 0
+    cpu_at_first_batch: float = 0.0  # process CPU seconds, all threads (events per CPU-second)
+    cpu_at_last_batch: float = 0.0
     lists_backfilled: int = 0  # lists written for users without new events (start, swaps, hidden songs)
     backfill_pending: int = 0
     songs_hidden: int = 0
