@@ -61,8 +61,9 @@ def test_soak_memory_flat_and_lag_bounded(make_settings, start_worker) -> None: 
         time.sleep(1.0)
     produced = producer.stop()
     t_end = time.monotonic()
-    # the lag series first: when the drain below times out, it says how the lag got there
+    # the series first: when the drain below times out, they say how the lag and memory got there
     print("\nlag (s), whole run:", " ".join(f"{(p - c) / RATE:.1f}" for _, _, p, c in samples[::10]))
+    print("RSS (MiB), whole run:", " ".join(f"{r / 1024:.0f}" for _, r, _, _ in samples[::10]))
     counted_all = worker.wait(lambda s: s["events"] >= produced, 60, "the worker to drain its lag")["events"]
     drain_s = time.monotonic() - t_end
 
