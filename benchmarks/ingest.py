@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 
 from benchmarks.common import finish_context, print_table, run_context
@@ -32,8 +33,6 @@ TARGET_RATIO = 0.7
 async def raw_getmany(cfg: StreamConfig, expect: int, timeout: float = 300.0) -> float:
     """Events/s of a bare aiokafka consumer reading ``expect`` events of the events topic with
     ``getmany``, from the end of its first non-empty fetch to the end of its last."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                                 fetch_max_wait_ms=max(1, int(cfg.fetch_max_wait * 1000)), **aiokafka_options(cfg))
     await consumer.start()
