@@ -7,8 +7,9 @@ then pays its per-batch costs (a request's signals, one log segment, one Redis r
 ~100 events. :func:`take_batches` is ``take_events`` with one change: when, after the usual wait,
 Kafka holds at least as many more events of the stream as the batch already has, and at least a
 quarter of a full batch (the consumer's highwater against the next offset buffered, per partition),
-the worker is behind: it keeps gathering, one more wait at a time, while Kafka holds more and they
-keep coming (no gap over ``STALL_S``), up to ``max_`` events and ``catchup`` seconds. A worker
+the worker is behind: it keeps gathering, one more wait at a time, until the batch holds what was
+waiting then, while events keep coming (no gap over ``STALL_S``), up to ``max_`` events and
+``catchup`` seconds. A worker
 that keeps up batches exactly as before; a worker that is behind gets a few large batches instead
 of many small ones.
 
@@ -75,7 +76,7 @@ async def take_batches(stream: Any, max_: int, within: float, catchup: float,
                        highwater: Highwater) -> AsyncIterator[list[Any]]:
     """Batches of at most ``max_`` events of ``stream``: each waits ``within`` seconds (or until
     full); then, if Kafka holds at least as many more events as the batch has (and ``max_ // 4``),
-    while it holds more and they keep coming, up to ``catchup`` seconds more. Events are acked after
+    until the batch holds those too, while they keep coming, up to ``catchup`` seconds more. Events are acked after
     the caller's body for the batch returns."""
     if max_ <= 0 or within <= 0 or catchup < 0:
         raise ValueError("max_ and within must be positive and catchup >= 0")
@@ -125,10 +126,13 @@ async def take_batches(stream: Any, max_: int, within: float, catchup: float,
     stream._enable_passive(channel_it)
     while not stream.should_stop:
         await stream.wait_for_stopped(buffer_full, timeout=within)
-        if buffer and waiting.count() >= max(len(buffer), behind):  # behind: catch up
+        backlog = waiting.count() if buffer else 0
+        if backlog >= max(len(buffer), behind):  # behind: catch up
+            # what was waiting then, not what keeps arriving: a stream's new events would
+            # otherwise hold every catch-up batch open for the whole ``catchup``
+            target = min(max_, len(buffer) + backlog)
             deadline = loop.time() + catchup
-            while not buffer_full.is_set() and loop.time() < min(deadline, arrived_at + STALL_S) \
-                    and waiting.count() > 0:
+            while len(buffer) < target and loop.time() < min(deadline, arrived_at + STALL_S):
                 # (mode reports a timeout as "stopped" too, so the stream itself is asked)
                 await stream.wait_for_stopped(buffer_full, timeout=within)
                 if stream.should_stop:

@@ -194,3 +194,21 @@ def test_events_are_acked_after_their_batch_and_never_when_it_failed() -> None:
         return stream.acked
 
     assert asyncio.run(ok()) == [0, 1, 2, 3, 4]
+
+
+def test_a_catch_up_batch_takes_what_was_waiting_not_what_keeps_arriving() -> None:
+    async def run() -> list[int]:
+        stream = _Stream()
+        feeder = _feed(stream, range(3000), every=0.002)
+        sizes = []
+        # Kafka always holds 300 more than were delivered: a stream that keeps arriving while the
+        # worker catches up must not hold the batch open until ``catchup`` (or until it is full)
+        async for batch in take_batches(stream, 1000, 0.02, 2.0,
+                                        highwater=lambda tp: stream.current_event.message.offset + 301):
+            sizes.append(len(batch))
+            break
+        feeder.cancel()
+        return sizes
+
+    size = asyncio.run(run())[0]
+    assert 300 <= size <= 400, size
