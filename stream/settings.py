@@ -41,7 +41,7 @@ class StreamConfig:
     app_id: str = setting("musicrec", "MUSICREC_APP_ID", "Faust application id = Kafka consumer group of the workers.")
     batch_size: int = setting(2000, "MUSICREC_BATCH_SIZE", "Maximum events per micro-batch in the worker.", gt=0)
     batch_within: float = setting(0.02, "MUSICREC_BATCH_WITHIN", "Seconds the worker waits to fill a micro-batch (a full batch goes at once; this bounds the wait of a quiet stream).", gt=0)
-    batch_catchup: float = setting(0.5, "MUSICREC_BATCH_CATCHUP", "Seconds a micro-batch may keep gathering past MUSICREC_BATCH_WITHIN while the worker is behind (Kafka holds at least as many more of its events as the batch has, and a quarter of MUSICREC_BATCH_SIZE, and they keep coming): a few large batches then replace many small ones, up to MUSICREC_BATCH_SIZE; 0 = never.", ge=0)
+    batch_catchup: float = setting(0.5, "MUSICREC_BATCH_CATCHUP", "Seconds a micro-batch may keep gathering past MUSICREC_BATCH_WITHIN when the worker is behind (Kafka holds at least as many more of its events as the batch has, and a quarter of MUSICREC_BATCH_SIZE): the batch also takes those waiting events while they keep coming, up to MUSICREC_BATCH_SIZE, so a few large batches replace many small ones; 0 = never.", ge=0)
     fetch_max_wait: float = setting(0.01, "MUSICREC_FETCH_MAX_WAIT", "Seconds a consumer fetch may wait for data; Faust fixes 1.5 s, and a broker that waits out the whole period (the embedded Tansu does) adds up to that to every event's freshness.", gt=0)
     session_timeout: float = setting(10.0, "MUSICREC_SESSION_TIMEOUT", "Kafka consumer session timeout (s); a dead worker's partitions move after this.", gt=0)
     k: int = setting(20, "MUSICREC_K", "Songs stored per user in Redis.", gt=0, le=MAX_K)
