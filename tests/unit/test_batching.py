@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -135,38 +136,37 @@ def _feed(stream: _Stream, offsets: range, every: float = 0.0) -> asyncio.Task[N
     return asyncio.get_running_loop().create_task(feed())
 
 
-def test_a_worker_that_is_behind_takes_what_waits_in_kafka_in_one_batch() -> None:
+def _batch_sizes(events: int, until: int, highwater: Callable[[_Stream], Any]) -> list[int]:
+    """Sizes of the batches (max 1,000, 20-ms waits, 2-s catch-up) that take ``until`` of ``events``
+    arriving 2 ms apart, with Kafka's highwater given by ``highwater(stream)``."""
+
     async def run() -> list[int]:
         stream = _Stream()
-        # 400 events arrive 2 ms apart: one 20-ms wait brings ~10, while Kafka says 400 exist
-        feeder = _feed(stream, range(400), every=0.002)
-        sizes = []
-        async for batch in take_batches(stream, 1000, 0.02, 2.0, highwater=lambda tp: 400):
+        feeder = _feed(stream, range(events), every=0.002)
+        sizes: list[int] = []
+        async for batch in take_batches(stream, 1000, 0.02, 2.0, highwater=highwater(stream)):
             sizes.append(len(batch))
-            if sum(sizes) >= 400:
+            if sum(sizes) >= until:
                 break
         feeder.cancel()
         return sizes
 
-    sizes = asyncio.run(run())
-    assert sizes[0] == 400
+    return asyncio.run(run())
+
+
+def _delivered_plus(ahead: int) -> Callable[[_Stream], Any]:
+    """Kafka holds ``ahead`` events beyond the newest one delivered."""
+    return lambda stream: (lambda tp: stream.current_event.message.offset + 1 + ahead)
+
+
+def test_a_worker_that_is_behind_takes_what_waits_in_kafka_in_one_batch() -> None:
+    # 400 events arrive 2 ms apart: one 20-ms wait brings ~10, while Kafka says 400 exist
+    assert _batch_sizes(400, 400, lambda stream: (lambda tp: 400))[0] == 400
 
 
 def test_a_worker_that_keeps_up_is_not_made_to_wait() -> None:
-    async def run() -> list[int]:
-        stream = _Stream()
-        feeder = _feed(stream, range(400), every=0.002)
-        sizes = []
-        # Kafka holds nothing beyond what was fetched: batches are what one 20-ms wait brings
-        async for batch in take_batches(stream, 1000, 0.02, 2.0,
-                                        highwater=lambda tp: stream.current_event.message.offset + 1):
-            sizes.append(len(batch))
-            if sum(sizes) >= 400:
-                break
-        feeder.cancel()
-        return sizes
-
-    sizes = asyncio.run(run())
+    # Kafka holds nothing beyond what was fetched: batches are what one 20-ms wait brings
+    sizes = _batch_sizes(400, 400, _delivered_plus(0))
     assert len(sizes) >= 10 and max(sizes) < 100
 
 
@@ -197,18 +197,7 @@ def test_events_are_acked_after_their_batch_and_never_when_it_failed() -> None:
 
 
 def test_a_catch_up_batch_takes_what_was_waiting_not_what_keeps_arriving() -> None:
-    async def run() -> list[int]:
-        stream = _Stream()
-        feeder = _feed(stream, range(3000), every=0.002)
-        sizes = []
-        # Kafka always holds 300 more than were delivered: a stream that keeps arriving while the
-        # worker catches up must not hold the batch open until ``catchup`` (or until it is full)
-        async for batch in take_batches(stream, 1000, 0.02, 2.0,
-                                        highwater=lambda tp: stream.current_event.message.offset + 301):
-            sizes.append(len(batch))
-            break
-        feeder.cancel()
-        return sizes
-
-    size = asyncio.run(run())[0]
+    # Kafka always holds 300 more than were delivered: a stream that keeps arriving while the
+    # worker catches up must not hold the batch open until ``catchup`` (or until it is full)
+    size = _batch_sizes(3000, 1, _delivered_plus(300))[0]
     assert 300 <= size <= 400, size
