@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from online_models.foldin import confidences, fold_in
+from online_models.foldin import confidences, fold_in, fold_in_cg
 
 
 def test_matches_implicit_recalculate_user() -> None:
@@ -48,6 +48,39 @@ def test_grouping_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(fi, "_GROUP_ROWS", 3)  # forces many tiny groups
     many = fold_in(y, y.T @ y, slots, rows, conf, pref, 9, 0.5)
     np.testing.assert_allclose(one, many, rtol=1e-5)
+
+
+def _histories(seed: int, n_users: int, n_items: int = 50, f: int = 5) -> tuple[np.ndarray, ...]:
+    """Item factors and history rows of users with 1..30 songs (uneven lengths: the padding case)."""
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=(n_items, f)).astype(np.float32)
+    lengths = rng.integers(1, 31, n_users)
+    slots = np.repeat(np.arange(n_users), lengths)
+    rows = np.concatenate([rng.choice(n_items, size=n, replace=False) for n in lengths])
+    conf, pref = confidences(rng.uniform(0, 3, len(rows)), rng.uniform(0, 1, len(rows)), alpha=2.0)
+    return y, slots, rows, conf, pref
+
+
+def test_cg_from_zero_with_enough_steps_reaches_the_exact_solve() -> None:
+    y, slots, rows, conf, pref = _histories(3, 12)
+    gram = y.T.astype(np.float64) @ y
+    exact = fold_in(y, gram, slots, rows, conf, pref, 12, 0.5)
+    cg = fold_in_cg(y, gram, slots, rows, conf, pref, 12, 0.5, x0=np.zeros((12, y.shape[1])), steps=y.shape[1])
+    np.testing.assert_allclose(cg, exact, rtol=1e-3, atol=1e-4)
+    few = fold_in_cg(y, gram, slots, rows, conf, pref, 12, 0.5, x0=np.zeros((12, y.shape[1])), steps=1)
+    assert np.abs(few - exact).max() > 1e-3, "one step from zero is not yet the answer (else the test shows nothing)"
+
+
+def test_cg_answer_of_a_user_does_not_depend_on_who_shares_the_call() -> None:
+    y, slots, rows, conf, pref = _histories(4, 20)
+    gram = y.T.astype(np.float64) @ y
+    x0 = np.random.default_rng(5).normal(size=(20, y.shape[1]))
+    together = fold_in_cg(y, gram, slots, rows, conf, pref, 20, 0.5, x0=x0, steps=3)
+    for user in (0, 7, 19):
+        mine = slots == user
+        alone = fold_in_cg(y, gram, np.zeros(mine.sum(), np.int64), rows[mine], conf[mine], pref[mine], 1, 0.5,
+                           x0=x0[user:user + 1], steps=3)
+        np.testing.assert_allclose(alone[0], together[user], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", ["slots", "rows", "conf"])
