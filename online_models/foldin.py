@@ -21,6 +21,16 @@ def confidences(pos: np.ndarray, neg: np.ndarray, alpha: float) -> tuple[np.ndar
     return 1.0 + alpha * np.abs(net), (net > 0).astype(np.float64)
 
 
+def _by_user(slots: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Rows ordered by user (kept as they are when already so: the history gathers them that way),
+    each user's first row, and the columns in that order."""
+    if len(slots) > 1 and (slots[1:] < slots[:-1]).any():
+        order = np.argsort(slots, kind="stable")
+        slots, columns = slots[order], tuple(c[order] for c in columns)
+    start = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
+    return slots, start, list(columns)
+
+
 def fold_in(item_factors: np.ndarray, gram: np.ndarray, slots: np.ndarray, rows: np.ndarray,
             conf: np.ndarray, pref: np.ndarray, n_users: int, regularization: float) -> np.ndarray:
     """User vectors (n_users x f, float32) from history rows given as parallel arrays.
@@ -51,10 +61,10 @@ def fold_in(item_factors: np.ndarray, gram: np.ndarray, slots: np.ndarray, rows:
     if (conf < 1.0).any():
         raise ValueError("confidences must be >= 1")
 
-    order = np.argsort(slots, kind="stable")
-    slots, rows, conf, pref = slots[order], rows[order], conf[order], pref[order]
-    users, start, counts = np.unique(slots, return_index=True, return_counts=True)
-    pos_in_user = np.arange(n) - np.repeat(start, counts)
+    slots, start, (rows, conf, pref) = _by_user(slots, rows, conf, pref)
+    users, counts = slots[start], np.diff(np.r_[start, n])
+    user_of_row = np.repeat(np.arange(len(users)), counts)
+    pos_in_user = np.arange(n) - start[user_of_row]
     base = gram.astype(np.float64) + regularization * np.eye(f)
     # float32 for the O(history x f^2) products (the cost), float64 for the small solves (the accuracy)
     y32 = y.astype(np.float32, copy=False)
@@ -73,8 +83,8 @@ def fold_in(item_factors: np.ndarray, gram: np.ndarray, slots: np.ndarray, rows:
         width = int(counts[group].max()) if len(group) else shortest
         member = np.zeros(len(users), dtype=np.int64) - 1
         member[group] = np.arange(len(group))
-        sel = np.flatnonzero(member[np.searchsorted(users, slots)] >= 0)
-        g_slot = member[np.searchsorted(users, slots[sel])]
+        sel = np.flatnonzero(member[user_of_row] >= 0)
+        g_slot = member[user_of_row[sel]]
         g_pos = pos_in_user[sel]
         yg = np.zeros((len(group), width, f), dtype=np.float32)
         yg[g_slot, g_pos] = y32[rows[sel]]
@@ -111,12 +121,10 @@ def fold_in_cg(item_factors: np.ndarray, gram: np.ndarray, slots: np.ndarray, ro
     out = np.zeros((n_users, f), dtype=np.float32)
     if len(slots) == 0:
         return out
-    order = np.argsort(slots, kind="stable")
-    slots, rows = slots[order], rows[order]
-    conf = np.asarray(conf, dtype=np.float64)[order]
-    pref = np.asarray(pref, dtype=np.float64)[order]
-    users, start = np.unique(slots, return_index=True)
-    u_idx = np.searchsorted(users, slots)
+    slots, start, (rows, conf, pref) = _by_user(slots, rows, np.asarray(conf, dtype=np.float64),
+                                                np.asarray(pref, dtype=np.float64))
+    users = slots[start]
+    u_idx = np.repeat(np.arange(len(users)), np.diff(np.r_[start, len(rows)]))
     # each user's rows are summed in place (rows sorted by user): no padding to the call's longest
     # history, which cost (users x longest x f) per product where the rows alone cost (rows x f)
     yr = y[rows]
