@@ -28,6 +28,7 @@ from stream.events import Song
 from stream.kafka_config import faust_app_options, use_fetch_max_wait
 from stream.worker.batching import consumer_highwater, take_batches
 from stream.worker.dead_letters import DeadLetterSender
+from stream.worker.delivery import use_inline_delivery
 from stream.worker.memory import trim_heap
 from stream.worker.messages import Message
 from stream.worker.parts import WorkerParts
@@ -67,6 +68,7 @@ class WorkerApp:
         self.parts = parts
         cfg = parts.settings.stream
         use_fetch_max_wait(cfg.fetch_max_wait)
+        use_inline_delivery()
         self.app = app = faust.App(cfg.app_id, **faust_app_options(parts.settings))
         events = app.topic(cfg.events_topic, key_type=bytes, value_type=bytes, partitions=cfg.partitions)
         songs = app.topic(cfg.songs_topic, key_type=bytes, value_type=bytes)
