@@ -3,7 +3,8 @@
 Run as ``python -m benchmarks.bare_faust`` with the same settings as a worker plus
 ``BARE_EXPECT`` (events to wait for) and ``BARE_OUT`` (where to write the JSON result). It builds its
 app with the worker's own options (``stream.kafka_config.faust_app_options``), batch size and window,
-so the two figures differ only by what the worker does with a batch.
+so the two figures differ only by what the worker does with a batch. With ``BARE_INLINE=1`` it also
+takes the worker's fetch loop (``stream.worker.delivery``), which Faust's own loop is not.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import faust
 
 from stream.kafka_config import faust_app_options, use_fetch_max_wait
 from stream.settings import load_settings
+from stream.worker.delivery import use_inline_delivery
 
 
 def main() -> None:
@@ -24,6 +26,8 @@ def main() -> None:
     expect = int(os.environ["BARE_EXPECT"])
     out = os.environ["BARE_OUT"]
     use_fetch_max_wait(cfg.fetch_max_wait)
+    if os.environ.get("BARE_INLINE") == "1":
+        use_inline_delivery()
     app = faust.App(cfg.app_id, **faust_app_options(settings, datadir="bare-faust"))
     topic = app.topic(cfg.events_topic, key_type=bytes, value_type=bytes)
     state = {"count": 0, "first_at": 0.0, "first_count": 0}

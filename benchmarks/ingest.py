@@ -6,6 +6,9 @@ the consumer group join. The worker's path: validate -> event log -> fold-in -> 
 -> one Redis MSET per batch. The physical reference is a plain aiokafka consumer reading the same
 topic with ``getmany`` (no group, every partition assigned); the worker's CPU per event comes from its
 own process CPU time between its first and last batch (all threads: Faust's consumer thread too).
+The worker runs its own fetch loop (``stream.worker.delivery``: no asyncio tasks per message); the
+ratio is against Faust as shipped, and the bench also runs the bare agent with the worker's loop,
+so what the loop gains and what the worker's own work costs can be told apart.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from stream.catalog_feed import partitions_of
 from stream.kafka_config import aiokafka_options
 from stream.settings import StreamConfig, to_env
 
-TARGET_RATIO = 0.7
+TARGET_RATIO = 0.8  # issue 14 (was 0.7)
 
 
 async def raw_getmany(cfg: StreamConfig, expect: int, timeout: float = 300.0) -> float:
@@ -57,6 +60,22 @@ async def raw_getmany(cfg: StreamConfig, expect: int, timeout: float = 300.0) ->
         await consumer.stop()
 
 
+def _bare_faust(live: Any, n: int, inline: bool) -> float:
+    """Events/s of the bare Faust agent (its own consumer group), with Faust's fetch loop or the worker's."""
+    tag = "-bare-inline" if inline else "-bare"
+    out = live.workdir / f"{tag[1:]}.json"
+    env = {**os.environ, **to_env(live.settings), "BARE_EXPECT": str(n), "BARE_OUT": str(out),
+           "MUSICREC_APP_ID": live.settings.stream.app_id + tag, "BARE_INLINE": "1" if inline else "0"}
+    bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_faust"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        bare.wait(timeout=300)
+    finally:
+        stop_process(bare)
+    b = json.loads(out.read_text())
+    return float((b["count"] - b["first_count"]) / max(b["last_at"] - b["first_at"], 1e-9))
+
+
 def run(console: Console, quick: bool) -> dict[str, Any]:
     context = run_context()
     n = 6_000 if quick else 60_000
@@ -64,17 +83,8 @@ def run(console: Console, quick: bool) -> dict[str, Any]:
         events = fresh_events(live.replay, n, "ingest")
         produced_per_s = produce(live, events)
 
-        out = live.workdir / "bare.json"
-        env = {**os.environ, **to_env(live.settings), "BARE_EXPECT": str(n), "BARE_OUT": str(out),
-               "MUSICREC_APP_ID": live.settings.stream.app_id + "-bare"}
-        bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_faust"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            bare.wait(timeout=300)
-        finally:
-            stop_process(bare)
-        b = json.loads(out.read_text())
-        bare_rate = (b["count"] - b["first_count"]) / max(b["last_at"] - b["first_at"], 1e-9)
+        bare_rate = _bare_faust(live, n, inline=False)
+        bare_inline_rate = _bare_faust(live, n, inline=True)
         raw_rate = asyncio.run(raw_getmany(live.settings.stream, n))
 
         worker = start_worker(live)
@@ -89,7 +99,8 @@ def run(console: Console, quick: bool) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "events": n, "events_per_s": worker_rate, "bare_faust_events_per_s": bare_rate,
         "ratio": worker_rate / bare_rate, "target_ratio": TARGET_RATIO, "producer_events_per_s": produced_per_s,
-        "raw_aiokafka_events_per_s": raw_rate, "worker_events_per_cpu_s": per_cpu_s,
+        "raw_aiokafka_events_per_s": raw_rate, "bare_faust_inline_events_per_s": bare_inline_rate,
+        "ratio_to_inline": worker_rate / bare_inline_rate, "worker_events_per_cpu_s": per_cpu_s,
         "worker_cores_used": worker_rate / per_cpu_s,
         "batch_size": live.settings.stream.batch_size, "batch_within_s": live.settings.stream.batch_within,
         "worker_batches": s["batches"], "worker_users_written": s["users_written"],
@@ -102,6 +113,8 @@ def run(console: Console, quick: bool) -> dict[str, Any]:
                  ["  same, per CPU-second of the worker process (all threads)", per_cpu_s, per_cpu_s / bare_rate,
                   None],
                  ["bare Faust take_events (reference)", bare_rate, 1.0, None],
+                 ["  same, with the worker's fetch loop (no tasks per message)", bare_inline_rate,
+                  bare_inline_rate / bare_rate, None],
                  ["raw aiokafka getmany, no group (physical reference)", raw_rate, raw_rate / bare_rate, None],
                  ["kafka-python producer (pre-load)", produced_per_s, produced_per_s / bare_rate, None]],
                 caption=f"batches of <= {figures['batch_size']} within {figures['batch_within_s']} s; "
