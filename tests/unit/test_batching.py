@@ -201,3 +201,27 @@ def test_a_catch_up_batch_takes_what_was_waiting_not_what_keeps_arriving() -> No
     # worker catches up must not hold the batch open until ``catchup`` (or until it is full)
     size = _batch_sizes(3000, 1, _delivered_plus(300))[0]
     assert 300 <= size <= 400, size
+
+
+def test_after_a_batch_longer_than_the_window_the_next_one_does_not_wait_a_window_more() -> None:
+    # events every 5 ms; each body runs 0.25 s, longer than the 0.2-s window: what came meanwhile
+    # is taken once it is in, not after another 0.2 s (as take_events would)
+    async def run() -> list[float]:
+        stream = _Stream()
+        feeder = _feed(stream, range(10_000), every=0.005)
+        loop = asyncio.get_running_loop()
+        gaps: list[float] = []
+        ended = None
+        async for batch in take_batches(stream, 10_000, 0.2, 0.0, highwater=lambda tp: None):
+            assert batch
+            if ended is not None:
+                gaps.append(loop.time() - ended)
+            if len(gaps) == 3:
+                break
+            await asyncio.sleep(0.25)
+            ended = loop.time()
+        feeder.cancel()
+        return gaps
+
+    gaps = asyncio.run(run())
+    assert max(gaps) < 0.1, gaps
