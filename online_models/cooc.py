@@ -208,19 +208,36 @@ class CoOccurrence:
 
     def _prune(self, m: sp.csr_matrix) -> sp.csr_matrix:
         """Cut rows grown past 1.5 x ``max_neighbours`` back to their ``max_neighbours`` largest votes
-        (ties: lower column), sorting only those rows."""
+        (ties: lower column)."""
         lengths = np.diff(m.indptr)
         # a row is cut back once it has half as many again: far fewer sorts for a little more memory
         over = lengths > self.max_neighbours + self.max_neighbours // 2
         if not over.any():
             return m
-        at = np.flatnonzero(np.repeat(over, lengths))  # entries of the long rows, row-major
-        rows = np.repeat(np.arange(m.shape[0]), lengths)[at]
-        order = np.lexsort((-m.data[at], rows))  # stable: ties keep column order within a row
-        rank = np.arange(len(at)) - np.searchsorted(rows[order], rows[order])
+        take = self.max_neighbours
         keep = np.ones(m.nnz, bool)
-        keep[at[order[rank >= self.max_neighbours]]] = False
-        indptr = np.r_[0, np.cumsum(np.where(over, self.max_neighbours, lengths))]
+        long_rows = np.flatnonzero(over)
+        # rows of similar length share one padded array (at most 2x padding); a partition finds
+        # each row's take-th largest vote, so nothing is sorted: only rows with more votes tied at
+        # that threshold than places left need a count along the row (ties go to lower columns)
+        bucket = np.ceil(np.log2(lengths[long_rows])).astype(np.int64)
+        for b in np.unique(bucket):
+            rows = long_rows[bucket == b]
+            width = int(lengths[rows].max())
+            entry = m.indptr[rows][:, None] + np.arange(width)
+            inside = np.arange(width) < lengths[rows][:, None]
+            dense = np.where(inside, m.data[np.where(inside, entry, 0)], -np.inf)
+            threshold = -np.partition(-dense, take - 1, axis=1)[:, take - 1]
+            above = dense > threshold[:, None]
+            tied = dense == threshold[:, None]
+            places = take - above.sum(axis=1)
+            kept = above | tied
+            crowded = tied.sum(axis=1) > places
+            if crowded.any():
+                kept[crowded] = above[crowded] | (tied[crowded] & (np.cumsum(tied[crowded], axis=1)
+                                                                   <= places[crowded][:, None]))
+            keep[entry[inside & ~kept]] = False
+        indptr = np.r_[0, np.cumsum(np.where(over, take, lengths))]
         return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
 
     def learn_events(self, recent: RecentPlays, events: EventBatch, skip_weight: float) -> None:

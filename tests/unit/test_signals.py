@@ -99,6 +99,25 @@ def test_cooccurrence_decays_in_events_and_prunes_to_the_strongest_neighbours() 
     assert votes.tolist() == [[2.0, 0.0]]  # 1's only kept neighbour is its strongest
 
 
+def test_pruning_keeps_each_long_rows_largest_votes_with_ties_to_lower_columns() -> None:
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(11)
+    n, keep = 60, 5
+    dense = np.where(rng.random((n, n)) < rng.uniform(0.02, 0.9, (n, 1)),  # rows of 1 to ~54 votes
+                     rng.integers(-2, 4, (n, n)).astype(float), 0.0)  # few values: many ties
+    m = sp.csr_matrix(dense)
+    pruned = CoOccurrence(max_neighbours=keep)._prune(m).toarray()
+    for row in range(n):
+        cols = np.flatnonzero(dense[row])
+        if len(cols) <= keep + keep // 2:  # short rows are left whole
+            assert np.array_equal(pruned[row], dense[row])
+            continue
+        best = cols[np.lexsort((cols, -dense[row, cols]))[:keep]]
+        assert sorted(np.flatnonzero(pruned[row]).tolist()) == sorted(best.tolist())
+        assert np.array_equal(pruned[row, best], dense[row, best])
+
+
 def test_cooccurrence_top_is_the_same_asked_alone_or_in_a_batch() -> None:
     rng = np.random.default_rng(3)
     cooc, recent = CoOccurrence(), RecentPlays(20)
