@@ -75,7 +75,7 @@ def fold_in(item_factors: np.ndarray, gram: np.ndarray, slots: np.ndarray, rows:
         shortest = counts[by_len[i]]
         j = i + 1
         # a group pads to its longest history: it stops at twice its shortest, so padding at most
-        # doubles the work (one group for all padded 276 Last.fm users ~9-fold)
+        # doubles the work (one group for a batch's 276 Last.fm users padded them ~9-fold)
         while (j < len(by_len) and (j - i + 1) * counts[by_len[j]] <= max(_GROUP_ROWS, counts[by_len[j]])
                and counts[by_len[j]] <= 2 * shortest + 8):
             j += 1
