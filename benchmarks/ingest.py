@@ -1,9 +1,9 @@
 """``musicrec bench ingest``: events/s through the whole worker next to a bare Faust agent.
 
-Both consume the same pre-loaded topic (each in its own consumer group) with the same batch size and
-window; each rate counts from the end of its first batch to the end of its last, so neither includes
-the consumer group join. The worker's path: validate -> event log -> fold-in -> FAISS -> explanations
--> one Redis MSET per batch. The physical reference is a plain aiokafka consumer reading the same
+The worker and the bare agent consume the same pre-loaded topic (each in its own consumer group) with
+the same batch size and window; each rate counts from the end of its first batch to the end of its
+last, so none includes the consumer group join. The worker's path: validate -> event log -> fold-in
+-> FAISS -> explanations -> one Redis MSET per batch. The physical reference is a plain aiokafka consumer reading the same
 topic with ``getmany`` (no group, every partition assigned); the worker's CPU per event comes from its
 own process CPU time between its first and last batch (all threads: Faust's consumer thread too).
 The worker runs its own fetch loop (``stream.worker.delivery``: no asyncio tasks per message); the

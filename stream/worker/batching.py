@@ -9,9 +9,8 @@ Kafka holds at least as many more events of the stream as the batch already has,
 quarter of a full batch (the consumer's highwater against the next offset buffered, per partition),
 the worker is behind: it keeps gathering, one more wait at a time, until the batch holds what was
 waiting then, while events keep coming (no gap over ``STALL_S``), up to ``max_`` events and
-``catchup`` seconds. A worker
-that keeps up batches exactly as before; a worker that is behind gets a few large batches instead
-of many small ones.
+``catchup`` seconds. A worker that keeps up batches exactly as before; a worker that is behind gets
+a few large batches instead of many small ones.
 
 After a batch whose body ran longer than ``within``, the next batch takes the events that came
 meanwhile as soon as they are in the buffer, without a fresh ``within``: they have waited a window
@@ -93,9 +92,10 @@ async def _settle(stream: Any, buffer: list[Any], full: asyncio.Event, deadline:
 async def take_batches(stream: Any, max_: int, within: float, catchup: float,
                        highwater: Highwater) -> AsyncIterator[list[Any]]:
     """Batches of at most ``max_`` events of ``stream``: each waits ``within`` seconds (or until
-    full); then, if Kafka holds at least as many more events as the batch has (and ``max_ // 4``),
-    until the batch holds those too, while they keep coming, up to ``catchup`` seconds more. Events are acked after
-    the caller's body for the batch returns."""
+    full; after a body that ran longer than ``within``, only until what came meanwhile is in); then,
+    if Kafka holds at least as many more events as the batch has (and ``max_ // 4``), until the
+    batch holds those too, while they keep coming, up to ``catchup`` seconds more. Events are acked
+    after the caller's body for the batch returns."""
     if max_ <= 0 or within <= 0 or catchup < 0:
         raise ValueError("max_ and within must be positive and catchup >= 0")
     buffer: list[Any] = []
