@@ -3,9 +3,10 @@
 The worker and the bare agent consume the same pre-loaded topic (each in its own consumer group) with
 the same batch size and window; each rate counts from the end of its first batch to the end of its
 last, so none includes the consumer group join. The worker's path: validate -> event log -> fold-in
--> FAISS -> explanations -> one Redis MSET per batch. The physical reference is a plain aiokafka consumer reading the same
-topic with ``getmany`` (no group, every partition assigned); the worker's CPU per event comes from its
-own process CPU time between its first and last batch (all threads: Faust's consumer thread too).
+-> FAISS -> explanations -> one Redis MSET per batch. The physical reference is a plain aiokafka
+consumer reading the same topic with ``getmany`` (no group, every partition assigned); the worker's
+CPU per event comes from its own process CPU time between its first and last batch (all threads:
+Faust's consumer thread too).
 The worker runs its own fetch loop (``stream.worker.delivery``: no asyncio tasks per message); the
 ratio is against Faust as shipped, and the bench also runs the bare agent with the worker's loop,
 so what the loop gains and what the worker's own work costs can be told apart.
