@@ -7,9 +7,13 @@ Votes may decay with a half-life counted in events, so a stream's pace sets the 
 Memory is bounded: each song keeps its ``max_neighbours`` strongest neighbours. Updates go to a small
 fresh matrix, merged into a delta matrix when it reaches a quarter of it, which is merged into the main
 one at half of it (LSM-style levels), so a batch costs in proportion to its own votes, not to the whole matrix.
+The main merge (an add and a prune of the whole matrix) runs in a helper thread while batches go on, and its
+result replaces the main matrix a fixed number of events later, so the outcome never depends on timing.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,6 +26,10 @@ from online_models.sequences import RecentPlays
 # scaled units: a vote at event t is stored as w * 2^(t/h); rebase before float64 overflows
 _REBASE_EXPONENT = 400.0
 _DENSE_FILL = 4  # a query's votes are looked up in dense rows when at least a quarter of the cells hold one
+# a main merge takes ~0.1 s on Last.fm's 1.4M votes: at 1k events/s it is done long before this many
+# events, so the batches meanwhile never wait for it; a burst (replay, backlog) waits at the swap instead
+MERGE_LAG_EVENTS = 2048
+_FRESH_MIN, _DELTA_MIN = 1 << 12, 1 << 16  # votes a level holds at least before it is merged on
 
 
 class CoocQuery:
@@ -131,13 +139,19 @@ class CoOccurrence:
         self._delta = sp.csr_matrix((0, 0), dtype=np.float64)
         self._fresh = sp.csr_matrix((0, 0), dtype=np.float64)
         self._plays = np.empty(0, np.float64)  # decayed plays per row, in stored units
+        # a delta level handed to a main merge still running: queries read it until the merge lands
+        self._frozen = sp.csr_matrix((0, 0), dtype=np.float64)
+        self._pending: Future[sp.csr_matrix] | None = None
+        self._pending_due = 0  # event clock at which the merge's result replaces main and frozen
+        self._pending_factor = 1.0  # rebases since the merge started, applied to its result
+        self._executor: ThreadPoolExecutor | None = None
 
     def __len__(self) -> int:
         return len(self.songs)
 
     @property
     def nnz(self) -> int:
-        return int(self._main.nnz + self._delta.nnz + self._fresh.nnz)
+        return int(self._main.nnz + self._frozen.nnz + self._delta.nnz + self._fresh.nnz)
 
     def _scaled(self, weights: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Weights in stored units for events at batch ``positions`` (rebasing first if needed)."""
@@ -165,6 +179,8 @@ class CoOccurrence:
         if n_events < 0:
             raise ValueError("n_events must be >= 0")
         played = np.asarray(played, np.int64)
+        if self._pending is not None and self.clock >= self._pending_due:
+            self._land_merge()
         rows = self.songs.add(np.concatenate([earlier, later, played]))
         self._grow(len(self.songs))
         n, m = len(self.songs), len(earlier)
@@ -177,11 +193,11 @@ class CoOccurrence:
             # three levels, each merged into the next when it reaches a fraction of it: a batch
             # copies only the small fresh level, never the whole delta or main matrix
             self._fresh = (self._fresh + votes).tocsr()
-            if self._fresh.nnz * 4 > max(self._delta.nnz, 1 << 12):
+            if self._fresh.nnz * 4 > max(self._delta.nnz, _FRESH_MIN):
                 self._delta = (self._delta + self._fresh).tocsr()
                 self._fresh = sp.csr_matrix(self._fresh.shape, dtype=np.float64)
-                if self._delta.nnz * 2 > max(self._main.nnz, 1 << 16):
-                    self._merge()
+                if self._delta.nnz * 2 > max(self._main.nnz, _DELTA_MIN):
+                    self._start_merge(int(n_events))
         self.clock += int(n_events)
 
     def _grow(self, n: int) -> None:
@@ -189,6 +205,7 @@ class CoOccurrence:
             self._main.resize((n, n))
             self._delta.resize((n, n))
             self._fresh.resize((n, n))
+            self._frozen.resize((n, n))
             self._plays = np.pad(self._plays, (0, n - len(self._plays)))
 
     def _rebase(self, exponent: float) -> None:
@@ -196,15 +213,55 @@ class CoOccurrence:
         self._main = self._main * factor
         self._delta = self._delta * factor
         self._fresh = self._fresh * factor
+        self._frozen = self._frozen * factor
+        self._pending_factor *= factor
         self._plays *= factor
         self._base = exponent
 
     def _merge(self) -> None:
-        merged = (self._main + self._delta + self._fresh).tocsr()
+        """Merge every level into main now (waits for a merge in flight first)."""
+        if self._pending is not None:
+            self._land_merge()
+        if self._delta.nnz or self._fresh.nnz:
+            self._start_merge(0)
+            self._land_merge()
+
+    def _start_merge(self, n_events: int) -> None:
+        """Hand main + delta to the helper thread; delta becomes the frozen level queries still read."""
+        if self._pending is not None:
+            self._land_merge()  # a merge due before the next one starts: only after a long burst
+        if self._fresh.nnz:
+            self._delta = (self._delta + self._fresh).tocsr()
+            self._fresh = sp.csr_matrix(self._delta.shape, dtype=np.float64)
+        # the thread gets the arrays, never the matrices: _grow and _rebase replace a level's arrays,
+        # they never write into them, so what the thread reads does not change under it
+        parts = [(m.data, m.indices, m.indptr, m.shape) for m in (self._main, self._delta)]
+        self._frozen, self._delta = self._delta, sp.csr_matrix(self._delta.shape, dtype=np.float64)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cooc-merge")
+        self._pending = self._executor.submit(self._merged, parts)
+        self._pending_due = self.clock + n_events + MERGE_LAG_EVENTS
+        self._pending_factor = 1.0
+
+    def _merged(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]]) -> sp.csr_matrix:
+        main, delta = (sp.csr_matrix((d, i, p), shape=shape) for d, i, p, shape in parts)
+        merged = (main + delta).tocsr()
         merged.eliminate_zeros()
-        self._delta = sp.csr_matrix(merged.shape, dtype=np.float64)
-        self._fresh = sp.csr_matrix(merged.shape, dtype=np.float64)
-        self._main = self._prune(merged)
+        return self._prune(merged)
+
+    def _land_merge(self) -> None:
+        """Replace main and frozen by the merge's result (waiting for it if it is still running)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        merged = pending.result()
+        if self._pending_factor != 1.0:
+            merged = merged * self._pending_factor
+        n = self._main.shape[0]
+        if merged.shape[0] < n:
+            merged.resize((n, n))
+        self._main = merged
+        self._frozen = sp.csr_matrix((n, n), dtype=np.float64)
 
     def _prune(self, m: sp.csr_matrix) -> sp.csr_matrix:
         """Cut rows grown past 1.5 x ``max_neighbours`` back to their ``max_neighbours`` largest votes
@@ -284,7 +341,7 @@ class CoOccurrence:
         q = sp.csr_matrix((weight * now, (u, rows[u, j])), shape=(users, n))
         # a level larger than what the query reaches in it gets a product of its own (adding it to the
         # others costs the whole level); the smaller ones are added together first, for one product
-        levels = [level for level in (self._main, self._delta, self._fresh) if level.nnz]
+        levels = [level for level in (self._main, self._frozen, self._delta, self._fresh) if level.nnz]
         reached = [(level, int((level.indptr[q.indices + 1] - level.indptr[q.indices]).sum())) for level in levels]
         small = [level for level, reach in reached if level.nnz < reach]
         products = [q @ level for level, reach in reached if level.nnz >= reach]

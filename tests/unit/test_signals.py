@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -97,6 +101,75 @@ def test_cooccurrence_decays_in_events_and_prunes_to_the_strongest_neighbours() 
     many._merge()
     votes, _ = many.query(np.array([[1]])).at(np.array([[2, 3]]))
     assert votes.tolist() == [[2.0, 0.0]]  # 1's only kept neighbour is its strongest
+
+
+class _InlineExecutor:
+    """Runs a merge at once, optionally after a delay: where the helper thread is instant or slow."""
+
+    def __init__(self, delay: float = 0.0, **_: object) -> None:
+        self.delay = delay
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        if self.delay:
+            threading.Timer(self.delay, lambda: done.set_result(fn(*args))).start()
+        else:
+            done.set_result(fn(*args))
+        return done
+
+
+def _stream_queries(cooc: CoOccurrence, seed: int = 5) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
+    """Learn 60 batches of 50 random plays; after each, every user's votes. Returns them and how
+    many main merges started."""
+    rng, recent, started = np.random.default_rng(seed), RecentPlays(10), [0]
+    start = cooc._start_merge
+
+    def counted(n_events: int) -> None:
+        started[0] += 1
+        start(n_events)
+
+    cooc._start_merge = counted  # type: ignore[method-assign]
+    everyone = np.array([f"u{u}" for u in range(30)], dtype=object)
+    out = []
+    for _ in range(60):
+        _learn(cooc, recent, [f"u{u}" for u in rng.integers(0, 30, 50)], rng.integers(0, 400, 50).tolist())
+        q = cooc.query(recent.gather(everyone))
+        out.append((q.indptr.copy(), q.cols.copy(), q.votes.copy()))
+    return out, started[0]
+
+
+@pytest.fixture
+def small_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("online_models.cooc._FRESH_MIN", 16)
+    monkeypatch.setattr("online_models.cooc._DELTA_MIN", 64)
+    monkeypatch.setattr("online_models.cooc._REBASE_EXPONENT", 20.0)  # rebases while merges run
+
+
+def test_a_main_merge_lands_at_a_fixed_event_however_long_its_thread_takes(
+        small_levels: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("online_models.cooc.MERGE_LAG_EVENTS", 120)  # ~3 batches with the merge in flight
+    threaded, started = _stream_queries(CoOccurrence(half_life_events=3.0, max_neighbours=4))
+    assert started >= 3
+    for delay in (0.0, 0.02):
+        monkeypatch.setattr("online_models.cooc.ThreadPoolExecutor", lambda delay=delay, **kw: _InlineExecutor(delay))
+        other, _ = _stream_queries(CoOccurrence(half_life_events=3.0, max_neighbours=4))
+        for a, b in zip(threaded, other, strict=True):
+            assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_queries_see_every_vote_while_a_main_merge_is_in_flight(
+        small_levels: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # no pruning: every query must equal the one of a merge that lands before the next batch,
+    # through the rebases that happen while the merge is in flight
+    monkeypatch.setattr("online_models.cooc.MERGE_LAG_EVENTS", 0)
+    at_once, _ = _stream_queries(CoOccurrence(half_life_events=3.0, max_neighbours=1000))
+    monkeypatch.setattr("online_models.cooc.MERGE_LAG_EVENTS", 500)
+    monkeypatch.setattr("online_models.cooc.ThreadPoolExecutor", lambda **kw: _InlineExecutor(0.05))
+    later, started = _stream_queries(CoOccurrence(half_life_events=3.0, max_neighbours=1000))
+    assert started >= 3
+    for (indptr, cols, votes), (indptr2, cols2, votes2) in zip(at_once, later, strict=True):
+        assert np.array_equal(indptr, indptr2) and np.array_equal(cols, cols2)
+        np.testing.assert_allclose(votes2, votes, rtol=1e-9)
 
 
 def test_pruning_keeps_each_long_rows_largest_votes_with_ties_to_lower_columns() -> None:
