@@ -380,7 +380,7 @@ def _top_per_row(indptr: np.ndarray, values: np.ndarray, n: int | np.ndarray) ->
     lengths = np.diff(indptr)
     wanted = np.broadcast_to(np.asarray(n, np.int64), lengths.shape)
     finite = np.isfinite(values)
-    counted = np.r_[0, np.cumsum(finite)]
+    counted = np.r_[0, np.cumsum(finite, dtype=np.int32 if len(values) < 1 << 31 else np.int64)]
     row_of = np.repeat(np.arange(len(lengths)), lengths)
     # rows with no more finite values than wanted keep them all; only the others need an order
     short = (counted[indptr[1:]] - counted[indptr[:-1]]) <= wanted
@@ -397,7 +397,10 @@ def _top_per_row(indptr: np.ndarray, values: np.ndarray, n: int | np.ndarray) ->
         threshold = np.partition(vals, len(vals) - take)[len(vals) - take]
         above = vals > threshold
         tied = vals == threshold
-        chosen[a:b] = above | (tied & (np.cumsum(tied) <= take - int(above.sum())))
+        places = take - np.count_nonzero(above)
+        if np.count_nonzero(tied) > places:  # the tied values usually fit: counted along the row when not
+            tied &= np.cumsum(tied) <= places
+        chosen[a:b] = above | tied
     if not len(dense_rows):
         return chosen
     bucket = np.ceil(np.log2(lengths[dense_rows])).astype(np.int64)
