@@ -56,7 +56,8 @@ def test_ingest_quick(services: Any, data_root: Path, monkeypatch: pytest.Monkey
     figures = run_benchmark("ingest", None, quiet(), quick=True)
     positive(figures, "events_per_s", "bare_faust_events_per_s", "ratio", "producer_events_per_s",
              "worker_batches", "worker_users_written", "raw_aiokafka_events_per_s", "worker_events_per_cpu_s",
-             "worker_cores_used", "bare_faust_inline_events_per_s", "ratio_to_inline")
+             "worker_cores_used", "bare_faust_inline_events_per_s", "ratio_to_inline", "cold_events_per_s",
+             "cold_ratio")
     assert figures["events"] == 6_000
 
 
