@@ -255,7 +255,13 @@ class CoOccurrence:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        merged = pending.result()
+        try:
+            merged = pending.result()
+        except BaseException:
+            # no vote is lost: the frozen level goes back into delta, for the next merge to take
+            self._delta = (self._delta + self._frozen).tocsr()
+            self._frozen = sp.csr_matrix(self._delta.shape, dtype=np.float64)
+            raise
         if self._pending_factor != 1.0:
             merged = merged * self._pending_factor
         n = self._main.shape[0]

@@ -172,6 +172,38 @@ def test_queries_see_every_vote_while_a_main_merge_is_in_flight(
         np.testing.assert_allclose(votes2, votes, rtol=1e-9)
 
 
+def test_a_failed_main_merge_raises_where_it_lands_and_keeps_every_vote(
+        small_levels: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Failing(_InlineExecutor):
+        def submit(self, fn: Any, *args: Any) -> Future[Any]:
+            done: Future[Any] = Future()
+            done.set_exception(MemoryError("no room for the merge"))
+            return done
+
+    monkeypatch.setattr("online_models.cooc.MERGE_LAG_EVENTS", 0)
+    ok, failing = CoOccurrence(max_neighbours=1000), CoOccurrence(max_neighbours=1000)  # no pruning
+    ok._executor, failing._executor = _InlineExecutor(), Failing()  # type: ignore[assignment]
+    recent, rng, failed = RecentPlays(10), np.random.default_rng(2), 0
+    for _ in range(60):
+        users = np.array([f"u{u}" for u in rng.integers(0, 30, 50)], dtype=object)
+        keys = rng.integers(0, 400, 50)
+        pairs = recent.update(users, keys, 5)
+        pos = np.arange(len(keys), dtype=np.float64)
+        batch = (pairs.earlier, pairs.later, np.ones(len(pairs.earlier)), pos[pairs.event], keys, pos, len(keys))
+        ok.learn(*batch)
+        try:
+            failing.learn(*batch)
+        except MemoryError:  # raised before the batch was learnt: it comes again, as Kafka redelivers it
+            failed += 1
+            failing._executor = _InlineExecutor()  # type: ignore[assignment]
+            failing.learn(*batch)
+    assert failed == 1
+    everyone = recent.gather(np.array([f"u{u}" for u in range(30)], dtype=object))
+    want, got = ok.query(everyone), failing.query(everyone)
+    assert np.array_equal(got.indptr, want.indptr) and np.array_equal(got.cols, want.cols)
+    np.testing.assert_allclose(got.votes, want.votes)
+
+
 def test_pruning_keeps_each_long_rows_largest_votes_with_ties_to_lower_columns() -> None:
     import scipy.sparse as sp
 
