@@ -1,9 +1,11 @@
 """The worker's Faust app: named agents and timers, each a thin shell around the worker's parts.
 
-Batches come from ``batching.take_batches`` (Faust's ``take_events``, growing while the worker is
-behind), which acks a batch only after the loop body returns, so offsets are committed
-only for events already in the log, in Redis and (if refused) in the dead-letter topic. A crash
-before that means redelivery, and the worker learns a redelivered event once (``dedup``).
+Batches come from ``fetches.take_fetched`` (whole fetches, no per-message Faust path) or, under a
+Faust release the worker's fetch loop was not written for, ``batching.take_batches`` (Faust's
+``take_events``); both grow while the worker is behind, and both ack a batch only after the loop
+body returns, so offsets are committed only for events already in the log, in Redis and (if
+refused) in the dead-letter topic. A crash before that means redelivery, and the worker learns a
+redelivered event once (``dedup``).
 
 Batches run on the event loop itself, not in a helper thread: a second thread gains little
 (Faust's per-message work holds the GIL) and costs a lot, since every numpy call that drops the GIL
@@ -29,6 +31,7 @@ from stream.kafka_config import faust_app_options, use_fetch_max_wait
 from stream.worker.batching import consumer_highwater, take_batches
 from stream.worker.dead_letters import DeadLetterSender
 from stream.worker.delivery import use_inline_delivery
+from stream.worker.fetches import FetchFeed, take_fetched
 from stream.worker.memory import trim_heap
 from stream.worker.messages import Message
 from stream.worker.parts import WorkerParts
@@ -47,8 +50,11 @@ BACKFILL_IDLE_S = 0.2
 
 
 def _messages(events: list[Any]) -> list[Message]:
-    return [Message(e.message.key, e.message.value, e.message.topic, e.message.partition, e.message.offset,
-                    e.message.timestamp) for e in events]
+    return _records([e.message for e in events])
+
+
+def _records(records: list[Any]) -> list[Message]:
+    return [Message(r.key, r.value, r.topic, r.partition, r.offset, r.timestamp) for r in records]
 
 
 async def with_redis_retry(what: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -68,9 +74,12 @@ class WorkerApp:
         self.parts = parts
         cfg = parts.settings.stream
         use_fetch_max_wait(cfg.fetch_max_wait)
-        use_inline_delivery()
+        inline = use_inline_delivery()
         self.app = app = faust.App(cfg.app_id, **faust_app_options(parts.settings))
         events = app.topic(cfg.events_topic, key_type=bytes, value_type=bytes, partitions=cfg.partitions)
+        # whole fetches to the events agent, where the fetch loop is the worker's own
+        self.feed = (FetchFeed.install(app, cfg.events_topic, cfg.batch_size, consumer_highwater(app))
+                     if inline else None)
         songs = app.topic(cfg.songs_topic, key_type=bytes, value_type=bytes)
         # set while the state holds exactly the assigned partitions' users: Faust may resume fetching
         # a gained partition before the assignment callback (its restore) returns, and an event
@@ -111,12 +120,21 @@ class WorkerApp:
             self.parts.counters.refused += len(dead)
 
     async def consume_events(self, stream: faust.StreamT) -> None:
+        """The events agent: with a fetch feed, its stream stays empty (the fetch loop hands the
+        records to the feed) and batches come from the feed."""
         cfg = self.parts.settings.stream
-        async for events in take_batches(stream, cfg.batch_size, cfg.batch_within, cfg.batch_catchup,
-                                         consumer_highwater(self.app)):
-            await self.settled.wait()
-            await self._dead(await with_redis_retry("processing a batch", self.parts.processor.process,
-                                                    _messages(events)))
+        if self.feed is not None:
+            async for records in take_fetched(self.feed, cfg.batch_within, cfg.batch_catchup, self.settled.wait):
+                await self._process(_records(records))
+        else:
+            async for events in take_batches(stream, cfg.batch_size, cfg.batch_within, cfg.batch_catchup,
+                                             consumer_highwater(self.app)):
+                await self.settled.wait()
+                await self._process(_messages(events))
+
+    async def _process(self, messages: list[Message]) -> None:
+        if messages:
+            await self._dead(await with_redis_retry("processing a batch", self.parts.processor.process, messages))
 
     async def store_catalog(self, stream: faust.StreamT) -> None:
         """Catalog events, stored once per consumer group and dead-lettered once; indexing them is

@@ -12,6 +12,8 @@ waiting then, while events keep coming (no gap over ``STALL_S``), up to ``max_``
 ``catchup`` seconds. A worker that keeps up batches exactly as before; a worker that is behind gets
 a few large batches instead of many small ones.
 
+The waiting itself (:func:`gather`) is shared with the whole fetches of ``stream.worker.fetches``.
+
 After a batch whose body ran longer than ``within``, the next batch takes the events that came
 meanwhile as soon as they are in the buffer, without a fresh ``within``: they have waited a window
 already, and another would be added to each one's latency (at 1k events/s a batch runs ~40 ms here).
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from asyncio import CancelledError
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
@@ -79,57 +81,111 @@ class Waiting:
         return total
 
 
-async def _settle(stream: Any, buffer: list[Any], full: asyncio.Event, deadline: float) -> None:
-    """Wait until the buffer stops growing (no event for ``SETTLE_S``), is full, or ``deadline``."""
+class Gathering(Protocol):
+    """What a batch gathers in: the events held so far (``len``), ``full`` set at a full batch, when
+    the newest came, and a wait that returns when full, after ``timeout``, or when stopping."""
+
+    full: asyncio.Event
+    arrived_at: float
+
+    @property
+    def should_stop(self) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    async def wait(self, timeout: float) -> None: ...
+
+
+async def _settle(source: Gathering, deadline: float) -> None:
+    """Wait until the source stops growing (no event for ``SETTLE_S``), is full, or ``deadline``."""
     loop = asyncio.get_running_loop()
-    while loop.time() < deadline and not stream.should_stop:
-        held = len(buffer)
-        await stream.wait_for_stopped(full, timeout=min(SETTLE_S, max(deadline - loop.time(), 0.0)))
-        if len(buffer) == held or full.is_set():
+    while loop.time() < deadline and not source.should_stop:
+        held = len(source)
+        await source.wait(min(SETTLE_S, max(deadline - loop.time(), 0.0)))
+        if len(source) == held or source.full.is_set():
             return
+
+
+async def gather(source: Gathering, max_: int, within: float, catchup: float, waiting: Waiting,
+                 busy: float) -> None:
+    """Wait for one batch in ``source``: ``within`` seconds (or until full; after a body that ran
+    ``busy`` >= ``within`` seconds, only until what came meanwhile is in); then, if Kafka holds at
+    least as many more events as the source has (and ``max_ // 4``), until it holds those too,
+    while they keep coming, up to ``catchup`` seconds more."""
+    loop = asyncio.get_running_loop()
+    if busy >= within:
+        # the events that came while the last batch ran have waited a window already: take
+        # them once they are in (the source stops growing), without a fresh window
+        await _settle(source, loop.time() + within)
+    else:
+        await source.wait(within)
+    # fewer waiting events than a quarter of a full batch: a worker that keeps up (a batch's worth
+    # arrives while it runs) serves them in its next batch rather than wait a fetch or two for them
+    behind = max(max_ // 4, 1)
+    backlog = waiting.count() if len(source) else 0
+    if backlog >= max(len(source), behind):  # behind: catch up
+        # what was waiting then, not what keeps arriving: a stream's new events would
+        # otherwise hold every catch-up batch open for the whole ``catchup``
+        target = min(max_, len(source) + backlog)
+        deadline = loop.time() + catchup
+        while len(source) < target and loop.time() < min(deadline, source.arrived_at + STALL_S):
+            await source.wait(within)
+            if source.should_stop:
+                break
+
+
+class _StreamBuffer:
+    """A Faust stream's events as ``take_batches``' processor buffers them."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.events: list[Any] = []
+        self.full = asyncio.Event()
+        self.arrived_at = 0.0
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.stream.should_stop)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    async def wait(self, timeout: float) -> None:
+        # (mode reports a timeout as "stopped" too, so callers ask the stream itself)
+        await self.stream.wait_for_stopped(self.full, timeout=timeout)
 
 
 async def take_batches(stream: Any, max_: int, within: float, catchup: float,
                        highwater: Highwater) -> AsyncIterator[list[Any]]:
-    """Batches of at most ``max_`` events of ``stream``: each waits ``within`` seconds (or until
-    full; after a body that ran longer than ``within``, only until what came meanwhile is in); then,
-    if Kafka holds at least as many more events as the batch has (and ``max_ // 4``), until the
-    batch holds those too, while they keep coming, up to ``catchup`` seconds more. Events are acked
-    after the caller's body for the batch returns."""
+    """Batches of at most ``max_`` events of ``stream``, gathered as :func:`gather` says. Events are
+    acked after the caller's body for the batch returns."""
     if max_ <= 0 or within <= 0 or catchup < 0:
         raise ValueError("max_ and within must be positive and catchup >= 0")
-    buffer: list[Any] = []
-    events: list[Any] = []
-    buffer_full = asyncio.Event()
+    held = _StreamBuffer(stream)
     buffer_consumed = asyncio.Event()
     consuming: asyncio.Future[None] | None = None
     waiting = Waiting(highwater)
-    # fewer waiting events than a quarter of a full batch: a worker that keeps up (a batch's worth
-    # arrives while it runs) serves them in its next batch rather than wait a fetch or two for them
-    behind = max(max_ // 4, 1)
     loop = asyncio.get_running_loop()
-    arrived_at = 0.0  # when the newest event came
     channel_it = aiter(stream.channel)
 
     async def add_to_buffer(value: Any) -> Any:
         # Faust runs this processor for every message (the stream is drained passively): the
         # same as take_events' own, plus the partition's position
-        nonlocal consuming, arrived_at
+        nonlocal consuming
         try:
             if consuming is not None:
                 try:
                     await consuming
                 finally:
                     consuming = None
-            buffer.append(value)
-            arrived_at = loop.time()
+            held.arrived_at = loop.time()
             event = stream.current_event
             if event is None:
                 raise RuntimeError("take_batches found current_event is None")
-            events.append(event)
+            held.events.append(event)
             waiting.saw(event.message.tp, event.message.offset)
-            if len(buffer) >= max_:
-                buffer_full.set()
+            if len(held) >= max_:
+                held.full.set()
                 buffer_consumed.clear()
                 await stream.wait(buffer_consumed)  # never more than max_ in one batch
         except CancelledError:  # pragma: no cover
@@ -144,41 +200,24 @@ async def take_batches(stream: Any, max_: int, within: float, catchup: float,
     stream._enable_passive(channel_it)
     busy = 0.0  # how long the last batch's body ran
     while not stream.should_stop:
-        if busy >= within:
-            # the events that came while the last batch ran have waited a window already: take
-            # them once they are in the buffer (it stops growing), without a fresh window
-            await _settle(stream, buffer, buffer_full, loop.time() + within)
-            busy = 0.0
-        else:
-            await stream.wait_for_stopped(buffer_full, timeout=within)
-        backlog = waiting.count() if buffer else 0
-        if backlog >= max(len(buffer), behind):  # behind: catch up
-            # what was waiting then, not what keeps arriving: a stream's new events would
-            # otherwise hold every catch-up batch open for the whole ``catchup``
-            target = min(max_, len(buffer) + backlog)
-            deadline = loop.time() + catchup
-            while len(buffer) < target and loop.time() < min(deadline, arrived_at + STALL_S):
-                # (mode reports a timeout as "stopped" too, so the stream itself is asked)
-                await stream.wait_for_stopped(buffer_full, timeout=within)
-                if stream.should_stop:
-                    break
-        if not buffer:
+        await gather(held, max_, within, catchup, waiting, busy)
+        busy = 0.0
+        if not held.events:
             continue
         consuming = loop.create_future()
         processed = False
         started = loop.time()
         try:
-            yield list(events)
+            yield list(held.events)
             processed = True
         finally:
             busy = loop.time() - started
-            buffer.clear()
             # take_events acks here whatever happened; a batch whose body raised (or was cancelled)
             # stays unacked, so its offsets are never committed and Kafka redelivers it
             if processed:
-                for event in events:
+                for event in held.events:
                     await stream.ack(event)
-            events.clear()
+            held.events.clear()
             notify(consuming)
-            buffer_full.clear()
+            held.full.clear()
             buffer_consumed.set()

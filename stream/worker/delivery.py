@@ -12,6 +12,9 @@ delivery coroutine is stepped once by hand. If it finishes there (the usual case
 if it would block, the rest of it runs under the same ``wait_first`` as before (:func:`finish`), so
 a suspended flow abandons it exactly as Faust does. What is delivered, in which order, and what is
 acked and committed do not change.
+
+The records of a topic with a fetch feed (``stream.worker.fetches``) skip the conductor: they are
+appended to the feed, whose agent takes them in whole batches.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Coroutine
 from typing import Any
+
+from stream.worker.fetches import fetch_feeds
 
 log = logging.getLogger("musicrec.worker")
 
@@ -75,6 +80,7 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover -
     unset_flag = self.diag.unset_flag
     commit_every = self._commit_every
     acks_enabled_for = self.app.topics.acks_enabled_for
+    feeds = fetch_feeds(self.app)  # topics whose records go to their agent whole (stream.worker.fetches)
     yield_every = 100
     num_since_yield = 0
     sleep = asyncio.sleep
@@ -98,9 +104,14 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover -
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        rest = deliver(callback(message))
-                        if rest is not None:  # blocked: Faust's own wait, abandoned if the flow is suspended
-                            await self.wait_first(rest, self.suspend_flow.wait())
+                        feed = feeds.get(message.topic) if feeds else None
+                        if feed is not None:
+                            if not feed.put(message):  # full: wait for the agent, as for a full queue
+                                await self.wait_first(feed.put_when_room(message), self.suspend_flow.wait())
+                        else:
+                            rest = deliver(callback(message))
+                            if rest is not None:  # blocked: Faust's own wait, abandoned if the flow is suspended
+                                await self.wait_first(rest, self.suspend_flow.wait())
                         set_read_offset(tp, offset)
                     else:
                         self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
