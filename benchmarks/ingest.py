@@ -13,9 +13,10 @@ it is resumed (SIGCONT): that steady-state run is the headline rate and ``ratio`
 resume to its last batch. Its CPU per event is the process CPU time (all threads: Faust's consumer
 thread too) from the resume to its last batch. ``--quick`` pauses the worker without waiting for
 its start-up lists.
-The worker runs its own fetch loop (``stream.worker.delivery``: no asyncio tasks per message); the
-ratio is against Faust as shipped, and the bench also runs the bare agent with the worker's loop,
-so what the loop gains and what the worker's own work costs can be told apart.
+The worker runs its own fetch loop (``stream.worker.delivery``: no asyncio tasks per message) and
+takes whole fetches (``stream.worker.fetches``: no Faust event, channel or stream per message); the
+ratio is against Faust as shipped, and the bench also runs the bare agent with the worker's loop
+and whole fetches, so what they gain and what the worker's own work costs can be told apart.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def run(console: Console, quick: bool) -> dict[str, Any]:
                  ["  same, started on the backlog (its start-up lists meanwhile)", cold_rate, figures["cold_ratio"],
                   None],
                  ["bare Faust take_events (reference)", bare_rate, 1.0, None],
-                 ["  same, with the worker's fetch loop (no tasks per message)", bare_inline_rate,
+                 ["  same, with the worker's fetch loop and whole fetches", bare_inline_rate,
                   bare_inline_rate / bare_rate, None],
                  ["raw aiokafka getmany, no group (physical reference)", raw_rate, raw_rate / bare_rate, None],
                  ["kafka-python producer (pre-load)", produced_per_s, produced_per_s / bare_rate, None]],
