@@ -87,7 +87,7 @@ def test_records_are_acked_after_their_batch_and_never_when_it_failed() -> None:
         failed = list(app.consumer.acked)
         for offset in range(5, 8):
             feed.put(_Record(offset))
-        async for batch in take_fetched(feed, 0.01, 0.0):
+        async for _batch in take_fetched(feed, 0.01, 0.0):
             app.should_stop = True  # the next turn ends the loop, after this batch's acks
         return during, failed, app.consumer.acked, app.consumer.tracked
 
@@ -137,7 +137,7 @@ def test_records_of_an_older_generation_are_dropped_when_taken_and_after_ready()
 
 def test_a_full_feed_holds_the_fetch_loop_until_its_batch_is_taken() -> None:
     async def main() -> None:
-        app, feed = _feed(limit=3)
+        _app, feed = _feed(limit=3)
         for offset in range(3):
             assert feed.put(_Record(offset))
         assert feed.full.is_set()
@@ -154,7 +154,7 @@ def test_a_full_feed_holds_the_fetch_loop_until_its_batch_is_taken() -> None:
 
 def test_a_feed_that_is_behind_takes_what_waits_in_kafka_in_one_batch() -> None:
     async def sizes(highwater_ahead: int) -> list[int]:
-        app, feed = _feed(limit=1000)
+        _app, feed = _feed(limit=1000)
         feed.waiting.highwater = lambda tp: (feed.waiting.next_offset.get(tp, 0) + highwater_ahead
                                              if highwater_ahead >= 0 else 400)
 
