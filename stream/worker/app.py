@@ -32,7 +32,7 @@ from stream.worker.batching import consumer_highwater, take_batches
 from stream.worker.dead_letters import DeadLetterSender
 from stream.worker.delivery import use_inline_delivery
 from stream.worker.fetches import FetchFeed, take_fetched
-from stream.worker.memory import trim_heap
+from stream.worker.memory import refreeze_heap, trim_heap
 from stream.worker.messages import Message
 from stream.worker.parts import WorkerParts
 from stream.worker.start import evict_inactive, rebalance
@@ -44,6 +44,8 @@ CATALOG_BATCH = 500
 COMPACT_EVERY_S = 30.0
 STATS_EVERY_S = 2.0
 EVICT_EVERY_S = 60.0
+# a full collection (~0.1 s) this often, instead of one every few seconds (stream/worker/memory.py)
+REFREEZE_EVERY_S = 300.0
 REMOVALS_EVERY_S = 1.0  # hidden songs and forgotten users take effect within this
 BACKFILL_PAUSE_S = 0.005  # at least, between two backfill batches
 BACKFILL_IDLE_S = 0.2
@@ -96,6 +98,7 @@ class WorkerApp:
         self._log_lock = asyncio.Lock()  # merging and purging this worker's segments, one at a time
         app.timer(STATS_EVERY_S, name="musicrec.stats")(self.publish_stats)
         app.timer(EVICT_EVERY_S, name="musicrec.eviction")(self.evict_inactive)
+        app.timer(REFREEZE_EVERY_S, name="musicrec.collector")(self.refreeze_heap)
         app.on_partitions_assigned.connect(self.on_partitions_assigned)  # type: ignore[arg-type]  # mode types a union of callables
 
     async def on_partitions_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -106,8 +109,13 @@ class WorkerApp:
         self.settled.clear()
         try:
             await rebalance(self.parts, {tp.partition for tp in assigned if tp.topic == topic})
+            await self.refreeze_heap()  # the restored state is long-lived: out of the collector's way
         finally:
             self.settled.set()
+
+    async def refreeze_heap(self) -> None:
+        frozen = refreeze_heap()
+        log.debug("collected; %d objects frozen", frozen)
 
     async def evict_inactive(self) -> None:
         evicted = evict_inactive(self.parts)
