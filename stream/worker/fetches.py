@@ -41,11 +41,10 @@ def fetch_feeds(app: Any) -> dict[str, FetchFeed]:
 class FetchFeed:
     """Fetched records of one topic waiting for the agent's next batch: at most ``limit``."""
 
-    def __init__(self, app: Any, topic: str, limit: int, highwater: Highwater) -> None:
+    def __init__(self, app: Any, limit: int, highwater: Highwater) -> None:
         if limit <= 0:
             raise ValueError("limit must be positive")
         self.app = app
-        self.topic = topic
         self.limit = limit
         self.messages: list[Any] = []
         self.full = asyncio.Event()
@@ -58,7 +57,7 @@ class FetchFeed:
     @classmethod
     def install(cls, app: Any, topic: str, limit: int, highwater: Highwater) -> FetchFeed:
         """A feed for ``topic``, which the fetch loop fills from now on, cleared by the app's flow control."""
-        feed = cls(app, topic, limit, highwater)
+        feed = cls(app, limit, highwater)
         fetch_feeds(app)[topic] = feed
         app.flow_control.manage_queue(feed)
         return feed

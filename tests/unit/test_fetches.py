@@ -70,7 +70,7 @@ def test_install_registers_the_feed_for_the_fetch_loop_and_flow_control() -> Non
 
 def test_a_feed_refuses_bad_bounds() -> None:
     with pytest.raises(ValueError, match="limit"):
-        FetchFeed(_App(), "events", 0, lambda tp: None)
+        FetchFeed(_App(), 0, lambda tp: None)
 
 
 def test_records_are_acked_after_their_batch_and_never_when_it_failed() -> None:
