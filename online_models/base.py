@@ -13,6 +13,7 @@ lists with their reasons and the popularity fallback, all from one model version
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -48,6 +49,16 @@ class RecList:
         """User i's list without padding."""
         return [(str(s), float(v), r) for s, v, r in zip(self.song_ids[i], self.scores[i], self.reasons[i],
                                                           strict=True) if s != ""]
+
+    @staticmethod
+    def concat(lists: Sequence[RecList]) -> RecList:
+        """The users of ``lists`` (one version, one k) in order, as one RecList."""
+        if not lists or len({r.version for r in lists}) != 1 or len({r.song_ids.shape[1] for r in lists}) != 1:
+            raise ValueError("concat needs at least one RecList, all of one version and one k")
+        if len(lists) == 1:
+            return lists[0]
+        return RecList(np.concatenate([r.song_ids for r in lists]), np.concatenate([r.scores for r in lists]),
+                       np.concatenate([r.reasons for r in lists]), lists[0].version)
 
     @staticmethod
     def empty(n_users: int, k: int, version: str = "") -> RecList:

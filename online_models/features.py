@@ -21,6 +21,7 @@ A user's pool depends only on their own state, never on who shares the call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -67,6 +68,28 @@ class Pool:
     features: np.ndarray
     sizes: np.ndarray
     known: np.ndarray
+
+    @staticmethod
+    def concat(parts: Sequence[Pool]) -> Pool:
+        """The users of ``parts`` in order, as the pool of one call over all of them: rows padded to
+        the widest part with entries no list or lesson reads (key -1, not allowed)."""
+        if not parts:
+            raise ValueError("concat needs at least one pool")
+        if len(parts) == 1:
+            return parts[0]
+        width = max(p.keys.shape[1] for p in parts)
+
+        def padded(a: np.ndarray, fill: float | bool) -> np.ndarray:
+            if a.shape[1] == width:
+                return a
+            out = np.full((a.shape[0], width, *a.shape[2:]), fill, a.dtype)
+            out[:, :a.shape[1]] = a
+            return out
+
+        return Pool(np.concatenate([padded(p.keys, -1) for p in parts]),
+                    np.concatenate([padded(p.allowed, False) for p in parts]),
+                    np.concatenate([padded(p.features, 0.0) for p in parts]),
+                    np.concatenate([p.sizes for p in parts]), np.concatenate([p.known for p in parts]))
 
 
 def _popular(state: OnlineState, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,8 +15,8 @@ from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
 from online_models.explain import explain, popular_list
 from online_models.features import LESSON_K, Pool
-from online_models.history import UserRows
 from online_models.interactions import Interactions
+from online_models.parallel import Parts
 from online_models.scoring import (
     FRESH_EVERY,
     POPULARITY_VERSION,
@@ -59,10 +59,11 @@ class OnlineALS(Recommender):
     name = "online"
 
     def __init__(self, config: OnlineConfig | None = None, holder: ModelHolder[ServingModel] | None = None,
-                 state: OnlineState | None = None) -> None:
+                 state: OnlineState | None = None, parts: Parts | None = None) -> None:
         self.config = config or OnlineConfig()
         self.holder: ModelHolder[ServingModel] = holder or ModelHolder()
         self.state = state or OnlineState(self.config)
+        self.parts = parts or Parts()  # the threads :meth:`serve` splits a request's users over
         self._served_pools = ServedPools()
         self._batches = 0
 
@@ -125,7 +126,7 @@ class OnlineALS(Recommender):
         """A recommender over this one's online state serving ``holder``'s model (the second arm of
         an A/B test): learning through either one updates both. The vector cache is shared too: it
         is keyed by model version, and a user is in one arm."""
-        return OnlineALS(self.config, holder, self.state)
+        return OnlineALS(self.config, holder, self.state, self.parts)
 
     # -- recommending -------------------------------------------------------------------------
     def recommend(self, user_ids: np.ndarray, k: int = 10) -> RecList:
@@ -133,24 +134,36 @@ class OnlineALS(Recommender):
         served = self.holder.peek()
         return recommend(self.state, served, users, k, self._pool(served, users, k))
 
-    def _pool(self, served: Served[ServingModel] | None, users: np.ndarray, k: int, rows: UserRows | None = None
-              ) -> Pool:
+    def _pool(self, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> Pool:
         """The users' pool, kept for the next partial_fit: their next plays learn from what they were served."""
-        candidates = user_pool(self.state, served, users, k, rows)
+        candidates = user_pool(self.state, served, users, k)
         self._served_pools.add(ServedPool(users, self.state.history.stamps(users), served, candidates))
         return candidates
 
     def serve(self, user_ids: np.ndarray, k: int) -> ServedLists:
-        """The lists a reader is served: recommendations with their reasons, and the popular list."""
+        """The lists a reader is served: recommendations with their reasons, and the popular list.
+        The users are served in parts on ``parts``' threads; their pools are kept in the users' order."""
         users = check_request(user_ids, k)
         served = self.holder.peek()
         if len(users):
-            rows = self.state.history.gather(users)  # one gather for the fold-in, the pool and the reasons
-            keys, lists = recommend_keys(self.state, served, users, k, self._pool(served, users, k, rows))
-            recs = explain(self.state, served, users, lists, keys=keys, rows=rows)
+            done = self.parts.map(lambda part: self._lists(served, part, k), users)
+            # one pool for the request, as if served whole: which pools are kept, and how the next
+            # batch's lessons are shared between them, must not depend on the threads
+            self._served_pools.add(ServedPool(users, self.state.history.stamps(users), served,
+                                              Pool.concat([kept for _, kept in done])))
+            recs = RecList.concat([lists for lists, _ in done])
         else:
             recs = RecList.empty(0, k, POPULARITY_VERSION if served is None else served.version)
         return ServedLists(recs, popular_list(self.state, served, k))
+
+    def _lists(self, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> tuple[RecList, Pool]:
+        """``users``' lists with their reasons, and the pool they were served from. Parts of a request
+        may run at once: this reads the state and writes only the vector cache (under its lock) and
+        caches whose content does not depend on which part fills them (the popular songs, tables)."""
+        rows = self.state.history.gather(users)  # one gather for the fold-in, the pool and the reasons
+        candidates = user_pool(self.state, served, users, k, rows)
+        keys, lists = recommend_keys(self.state, served, users, k, candidates)
+        return explain(self.state, served, users, lists, keys=keys, rows=rows), candidates
 
     def similar(self, song_ids: np.ndarray, k: int = 10) -> RecList:
         songs = check_request(song_ids, k, "song_ids")

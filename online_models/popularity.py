@@ -81,8 +81,7 @@ class DecayedCounts:
         n_eff = min(n, len(self._keys))
         if n_eff == 0:
             return np.empty(0, np.int64), np.empty(0)
-        idx = np.argpartition(-self._scaled, n_eff - 1)[:n_eff]
-        idx = idx[np.lexsort((self._keys[idx], -self._scaled[idx]))]
+        idx = _top_rows(self._scaled, self._keys, n_eff)
         keys = self._keys[idx]
         vals = self.scores(keys)
         self._top_cache = (n, keys, vals)
@@ -200,9 +199,7 @@ class PopularityLadder:
         n_eff = min(n, len(self._keys))
         if n_eff == 0:
             return np.empty(0, np.int64)
-        col = self._scaled[:, rung]
-        idx = np.argpartition(-col, n_eff - 1)[:n_eff] if n_eff < len(col) else np.arange(len(col))
-        idx = idx[np.lexsort((self._keys[idx], -col[idx]))]
+        idx = _top_rows(self._scaled[:, rung], self._keys, n_eff)
         self._top[rung] = (n, self._keys[idx])
         return self._keys[idx]
 
@@ -211,3 +208,16 @@ class PopularityLadder:
         if not len(self._keys):
             return np.ones(len(self.half_lives))
         return np.maximum(self._peak * self._now(), 1e-300)
+
+
+def _top_rows(values: np.ndarray, keys: np.ndarray, n: int) -> np.ndarray:
+    """Rows of the ``n`` largest ``values``, best first, ties to the lower key: exactly, also at the
+    n-th place, so the top n is the head of the top n + 1 (a cached longer top answers a shorter ask)."""
+    if n < len(values):
+        threshold = values[np.argpartition(-values, n - 1)[n - 1]]
+        above = np.flatnonzero(values > threshold)
+        tied = np.flatnonzero(values == threshold)
+        idx = np.r_[above, tied[np.argsort(keys[tied], kind="stable")][:n - len(above)]]
+    else:
+        idx = np.arange(len(values))
+    return idx[np.lexsort((keys[idx], -values[idx]))]

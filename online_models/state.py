@@ -8,6 +8,7 @@ one batch at a time; scoring (``online_models.scoring``) reads them.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -32,6 +33,7 @@ class VectorCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self._entries: OrderedDict[str, tuple[str, int, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()  # parts of one request put from several threads
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -42,17 +44,20 @@ class VectorCache:
     def put(self, user: str, version: str, stamp: int, vector: np.ndarray) -> None:
         if not self.size:
             return
-        self._entries[user] = (version, stamp, vector)
-        self._entries.move_to_end(user)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[user] = (version, stamp, vector)
+            self._entries.move_to_end(user)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
     def discard(self, users: np.ndarray) -> None:
-        for user in users:
-            self._entries.pop(user, None)
+        with self._lock:
+            for user in users:
+                self._entries.pop(user, None)
 
 
 class HiddenKeys:

@@ -15,6 +15,7 @@ from offline.catalog import CatalogStore
 from offline.eventlog import EventLog
 from offline.removals import HiddenSongs
 from online_models.online import OnlineALS
+from online_models.parallel import Parts
 from online_models.serving import ServingModel
 from stream.abtest import ABTest, current_test
 from stream.redis_store import RecsWriter, RedisKeys, version_registry
@@ -58,7 +59,7 @@ class WorkerParts:
         cfg = settings.stream
         worker_id = worker_id or f"{worker_name(cfg)}-{os.getpid()}"
         keys = RedisKeys(cfg.redis_namespace)
-        model = OnlineALS(settings.model)
+        model = OnlineALS(settings.model, parts=Parts(cfg.serve_threads))
         load = partial(ServingModel.load, cfg.artifacts_dir)
         ab = ABArm(model, load)
         counters, freshness, active = Counters(), LatencyWindow(), ActiveUsers()

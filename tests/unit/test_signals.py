@@ -248,6 +248,18 @@ def _plays(songs: list[str]) -> EventBatch:
     return EventBatch.from_columns(["u"] * n, songs, ts=np.arange(n, dtype=float))
 
 
+def test_popularity_top_breaks_ties_by_key_also_at_the_last_place() -> None:
+    ladder = PopularityLadder((0.0,))
+    songs = [f"s{i}" for i in range(40)]
+    ladder.update(_plays(["hit"] * 3 + songs))  # one song ahead, forty tied behind it
+    by_key = sorted(song_keys(songs).tolist())
+    assert ladder.top(6, 0).tolist() == [*song_keys(["hit"]).tolist(), *by_key[:5]]
+    longer = PopularityLadder((0.0,))
+    longer.update(_plays(["hit"] * 3 + songs))
+    longer.top(30, 0)  # cached: a shorter ask takes its head
+    assert longer.top(6, 0).tolist() == ladder.top(6, 0).tolist()
+
+
 def test_popularity_ladder_decays_each_rung_and_picks_the_memory_that_predicts() -> None:
     ladder = PopularityLadder((2.0, 0.0))
     ladder.update(_plays(["a", "b"]))
