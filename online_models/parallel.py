@@ -1,8 +1,10 @@
 """Splitting a request's users over threads.
 
 A user's list depends only on their own state, never on who shares the call, so the users of one
-request can be served in parts at once. Most of a part's time is spent in numpy, BLAS, scipy and
-FAISS, which release the GIL: two threads serve a big batch ~1.2-1.3x faster on two cores.
+request can be served in parts at once. Much of a part's time is spent in numpy, BLAS, scipy and
+FAISS, which release the GIL: in-process, two threads served Last.fm batches of 1,000-2,000 events
+1.1-1.25x faster on two cores. In the worker, whose main thread also runs Faust, parsing and the
+learning, they mostly shorten each batch (benchmarks/README.md, "Two threads per batch").
 """
 
 from __future__ import annotations
