@@ -17,7 +17,7 @@ Python's cyclic collector is the other cost of a long-lived heap: each full (old
 collection walks every tracked object, Faust's and the libraries' included. In a worker under a
 stream that took ~110 ms (max 132) every ~9 s: a stall that every event arriving meanwhile waits out.
 :func:`refreeze_heap` collects once and moves what survives out of the collector's way
-(``gc.freeze``); full collections then took 0.5-5 ms. It first thaws what an earlier call froze, so
+(``gc.freeze``); full collections then took 0.8-7 ms. It first thaws what an earlier call froze, so
 a frozen object that became garbage in a cycle is collected at the next call, not leaked.
 """
 
