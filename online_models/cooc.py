@@ -20,7 +20,6 @@ import scipy.sparse as sp
 
 from online_models.batch import PLAY, SKIP, EventBatch
 from online_models.keyindex import KeyIndex
-from online_models.ranking import heard
 from online_models.sequences import RecentPlays
 
 # scaled units: a vote at event t is stored as w * 2^(t/h); rebase before float64 overflows
@@ -56,57 +55,58 @@ class CoocQuery:
         out = np.full((len(self), m), -1, np.int64)
         if not len(self.cols) or m <= 0:
             return out
+        normalised = np.where(self.votes > 0, self.normalised, -np.inf)
+        votes = np.where(self.votes > 0, self.votes, -np.inf)
+        if skip is not None and len(skip[0]):
+            # a user's heard songs are found among their entries by one binary search each (entries
+            # are in (row, column) order), where looking every entry up among the heard would cost more
+            cols = self.songs.lookup(skip[1])
+            inside = (cols >= 0) & (cols < self.n_cols)
+            codes = np.asarray(skip[0], np.int64)[inside] * max(self.n_cols, 1) + cols[inside]
+            at = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
+            at = at[self._codes[at] == codes]
+            normalised[at] = votes[at] = -np.inf
         if self._dense():
-            return self._top_dense(out, skip)
-        positive = self.votes > 0
-        room = np.zeros(len(self), np.int64)
-        if skip is not None and len(skip[0]):
-            # room for each user's heard songs among the top, so only those few pairs are looked up
-            room = np.minimum(np.bincount(skip[0], minlength=len(self)), np.diff(self.indptr))
-        picked = _top_per_row(self.indptr, np.where(positive, self.normalised, -np.inf), m - m // 2 + room) | \
-            _top_per_row(self.indptr, np.where(positive, self.votes, -np.inf), m // 2 + room)
-        at = np.flatnonzero(picked)
-        if skip is not None and len(skip[0]):
-            at = at[~heard(self.rows[at], self.songs.keys[self.cols[at]], *skip)]
-        # of what is left, each user keeps the best m - m//2 by normalised and m//2 by raw votes
+            picked = self._top_dense(normalised, m - m // 2) | self._top_dense(votes, m // 2)
+        else:
+            picked = _top_per_row(self.indptr, normalised, m - m // 2) | _top_per_row(self.indptr, votes, m // 2)
+        at = np.flatnonzero(picked)  # row-major, columns in order
         rows = self.rows[at]
-        keep = (_rank_in_row(rows, self.normalised[at], self.cols[at]) < m - m // 2) | \
-            (_rank_in_row(rows, self.votes[at], self.cols[at]) < m // 2)
-        at, rows = at[keep], rows[keep]  # still row-major
-        slot = np.arange(len(at)) - np.searchsorted(rows, rows)
-        out[rows, slot] = self.songs.keys[self.cols[at]]
+        out[rows, np.arange(len(at)) - np.searchsorted(rows, rows)] = self.songs.keys[self.cols[at]]
         return out
 
     def _dense(self) -> bool:
         """Whether at least 1/_DENSE_FILL of the cells hold a vote: one dense row per user then costs
-        no more memory than the entries, and gathers or sorts rows beat a binary search per pair."""
+        no more memory than the entries, and a partition of rows beats one row at a time."""
         return len(self) * max(self.n_cols, 1) <= _DENSE_FILL * len(self._codes)
 
-    def _top_dense(self, out: np.ndarray, skip: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-        """:meth:`top` over dense rows (same answer: ties go to the lower column)."""
-        n, c, m = len(self), max(self.n_cols, 1), out.shape[1]
-        positive = self.votes > 0
-        chosen = np.zeros((n, c), bool)
-        for values, count in ((self.normalised, m - m // 2), (self.votes, m // 2)):
-            flat = np.full(n * c, -np.inf)
-            flat[self._codes[positive]] = values[positive]
-            dense = flat.reshape(n, c)
-            if skip is not None and len(skip[0]):
-                cols = self.songs.lookup(skip[1])
-                inside = (cols >= 0) & (cols < c)
-                dense[skip[0][inside], cols[inside]] = -np.inf
-            order = np.argsort(-dense, axis=1, kind="stable")[:, :count]
-            finite = np.isfinite(np.take_along_axis(dense, order, axis=1))
-            chosen[np.nonzero(finite)[0], order[finite]] = True
-        rows, cols = np.nonzero(chosen)  # row-major, columns in order
-        out[rows, np.arange(len(rows)) - np.searchsorted(rows, rows)] = self.songs.keys[cols]
-        return out
+    def _top_dense(self, values: np.ndarray, count: int) -> np.ndarray:
+        """:func:`_top_per_row` over dense rows, for ``count`` per row (same answer: ties go to the
+        lower column)."""
+        flat = np.full(len(self) * max(self.n_cols, 1), -np.inf)
+        flat[self._codes] = values
+        dense = flat.reshape(len(self), -1)
+        if count <= 0:
+            return np.zeros(len(self._codes), bool)
+        take = min(count, dense.shape[1])
+        threshold = -np.partition(-dense, take - 1, axis=1)[:, take - 1]
+        above = dense > threshold[:, None]  # every finite value in a row with fewer than ``take``
+        tied = (dense == threshold[:, None]) & np.isfinite(threshold)[:, None]
+        places = take - above.sum(axis=1)
+        crowded = np.flatnonzero(tied.sum(axis=1) > places)
+        if len(crowded):
+            tied[crowded] &= np.cumsum(tied[crowded], axis=1) <= places[crowded][:, None]
+        return (above | tied).ravel()[self._codes]
 
     def row_max(self) -> tuple[np.ndarray, np.ndarray]:
         """Each user's largest raw and normalised vote over every song (0 without any)."""
+        # a user's entries are contiguous: one reduction per row segment, where ufunc.at goes entry by entry
+        filled = np.flatnonzero(np.diff(self.indptr) > 0)
         top_votes, top_normalised = np.zeros(len(self)), np.zeros(len(self))
-        np.maximum.at(top_votes, self.rows, self.votes)
-        np.maximum.at(top_normalised, self.rows, self.normalised)
+        if len(filled):
+            starts = self.indptr[filled]
+            top_votes[filled] = np.maximum(np.maximum.reduceat(self.votes, starts), 0.0)
+            top_normalised[filled] = np.maximum(np.maximum.reduceat(self.normalised, starts), 0.0)
         return top_votes, top_normalised
 
     def at(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,10 +182,15 @@ class CoOccurrence:
         played = np.asarray(played, np.int64)
         if self._pending is not None and self.clock >= self._pending_due:
             self._land_merge()
-        rows = self.songs.add(np.concatenate([earlier, later, played]))
+        # a vote's songs were almost always played (and added) already, in this batch or an earlier
+        # one: the batch's few plays are added first, and the many votes only looked up
+        p = self.songs.add(played)
+        ab = self.songs.lookup(np.concatenate([earlier, later]))
+        if (ab < 0).any():
+            ab = self.songs.add(np.concatenate([earlier, later]))
         self._grow(len(self.songs))
         n, m = len(self.songs), len(earlier)
-        a, b, p = rows[:m], rows[m:2 * m], rows[2 * m:]
+        a, b = ab[:m], ab[m:]
         np.add.at(self._plays, p, self._scaled(np.ones(len(p)), played_positions))
         if m:
             w = self._scaled(weights, positions)
@@ -368,14 +373,6 @@ class CoOccurrence:
         return CoocQuery(votes.indptr.astype(np.int64), cols, votes.data, votes.data * scale, self.songs, n)
 
 
-def _rank_in_row(rows: np.ndarray, values: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Each entry's rank by descending value within its row (ties: lower column first); rows sorted."""
-    order = np.lexsort((cols, -values, rows))
-    rank = np.empty(len(rows), np.int64)
-    rank[order] = np.arange(len(rows)) - np.searchsorted(rows, rows[order])
-    return rank
-
-
 _PADDED_ROWS_UP_TO = 512  # entries; measured crossover of a padded partition against one row at a time
 
 
@@ -423,6 +420,11 @@ def _top_per_row(indptr: np.ndarray, values: np.ndarray, n: int | np.ndarray) ->
         threshold = head[np.arange(len(rows)), take - 1]
         above = dense > threshold[:, None]
         tied = dense == threshold[:, None]
-        keep = above | (tied & (np.cumsum(tied, axis=1) <= (take - above.sum(axis=1))[:, None]))
+        places = take - above.sum(axis=1)
+        keep = above | tied
+        crowded = np.flatnonzero(tied.sum(axis=1) > places)  # the tied values usually fit: count along those rows only
+        if len(crowded):
+            keep[crowded] = above[crowded] | (tied[crowded] & (np.cumsum(tied[crowded], axis=1)
+                                                               <= places[crowded][:, None]))
         chosen[entry[keep & inside]] = True
     return chosen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -318,6 +319,35 @@ def test_top_per_row_matches_a_plain_sort_on_short_and_long_rows_with_ties() -> 
         finite = [i for i in range(a, b) if np.isfinite(values[i])]
         expected = sorted(finite, key=lambda i: (-values[i], i))[:take]
         assert sorted(np.flatnonzero(chosen[a:b]) + a) == sorted(expected), row
+
+
+@pytest.mark.parametrize("fill", [4, 10**9])  # the sparse rows as they come, then every query dense
+def test_cooccurrence_top_matches_a_plain_sort_without_the_heard_songs(fill: int,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from online_models.cooc import CoocQuery
+
+    monkeypatch.setattr("online_models.cooc._DENSE_FILL", fill)
+    rng = np.random.default_rng(5)
+    songs = KeyIndex()
+    keys = rng.choice(10**9, 900, replace=False).astype(np.int64)
+    songs.add(keys)
+    lengths = np.array([0, 4, 30, 700, 900, 12])  # long rows go one at a time when sparse
+    cols = np.concatenate([np.sort(rng.choice(900, n, replace=False)) for n in lengths]).astype(np.int64)
+    indptr = np.r_[0, np.cumsum(lengths)]
+    votes = rng.integers(-1, 5, len(cols)).astype(float)  # many ties; non-positive votes never proposed
+    normalised = votes / rng.integers(1, 3, len(cols))
+    # heard: each row's three best-voted songs (they would lead its list), and songs at random
+    best_voted = [cols[a + np.argsort(-votes[a:b], kind="stable")[:3]] for a, b in itertools.pairwise(indptr)]
+    heard_rows = np.r_[np.repeat(np.arange(len(lengths)), [len(b) for b in best_voted]), rng.integers(0, 6, 300)]
+    heard_keys = keys[np.r_[np.concatenate(best_voted), rng.integers(0, 900, 300)]]
+    top = CoocQuery(indptr, cols, votes, normalised, songs, 900).top(9, (heard_rows, heard_keys))
+    for row in range(len(lengths)):
+        entries = [e for e in range(indptr[row], indptr[row + 1]) if votes[e] > 0
+                   and keys[cols[e]] not in set(heard_keys[heard_rows == row].tolist())]
+        best = {*sorted(entries, key=lambda e: (-normalised[e], cols[e]))[:5],
+                *sorted(entries, key=lambda e: (-votes[e], cols[e]))[:4]}
+        expected = keys[np.sort(cols[sorted(best)])].tolist()  # in column order, -1 after
+        assert top[row].tolist() == expected + [-1] * (9 - len(expected)), row
 
 
 def test_heard_signals_say_how_long_ago_and_how_much_each_user_played_a_candidate() -> None:
