@@ -31,6 +31,8 @@ from online_models.online import OnlineALS
 BASELINES = ("popularity", "static", "itemknn")
 HEARD = "+heard"  # a baseline with the songs each user heard let back in (MUSICREC_RELISTEN=always)
 MODELS = (*BASELINES, *(b + HEARD for b in BASELINES), "online", "retrain")
+# stretches of the replay the ratio's interval resamples (each at least two batches' plays)
+INTERVAL_BLOCKS = 100
 
 
 def make_model(name: str, config: OnlineConfig, retrain_every: int) -> Recommender:
@@ -152,15 +154,18 @@ def prequential(events: EventBatch, models: list[str] | None = None, k: int = 10
         }
         result["series"]["models"][name] = {f"recall@{k}": windows(run.hits, n_windows),
                                             f"ndcg@{k}": windows(run.gains, n_windows)}
-    result["versus"] = versus(result["models"], k)
+    result["versus"] = versus(result["models"], k, {run.name: run.hits for run in runs},
+                              blocks=max(2, min(INTERVAL_BLOCKS, len(play_ts) // (2 * batch_size))))
     if console is not None:
         print_table(result, console)
     return result
 
 
-def versus(models: dict[str, Any], k: int = 10) -> dict[str, Any]:
+def versus(models: dict[str, Any], k: int = 10, hits: dict[str, np.ndarray] | None = None,
+           blocks: int = INTERVAL_BLOCKS) -> dict[str, Any]:
     """``online``'s recall@k over the best baseline as they run by default, and over the best under
-    either rule for heard songs (``<baseline>+heard`` included); empty without ``online`` or baselines."""
+    either rule for heard songs (``<baseline>+heard`` included); empty without ``online`` or baselines.
+    With the runs' per-play ``hits``, each ratio also gets its 95% interval (:func:`ratio_interval`)."""
     metric = f"recall@{k}"
     out: dict[str, Any] = {}
     if "online" not in models:
@@ -173,7 +178,32 @@ def versus(models: dict[str, Any], k: int = 10) -> dict[str, Any]:
         best = max(present, key=lambda n: models[n][metric])
         value = models[best][metric]
         out[key] = {"baseline": best, metric: value, "ratio": round(online / value, 4) if value > 0 else None}
+        if hits is not None and "online" in hits and best in hits and len(hits[best]) >= 2 * blocks:
+            interval = ratio_interval(hits["online"], hits[best], blocks)
+            if interval is not None:
+                out[key]["ratio_interval_95"] = [round(interval[0], 4), round(interval[1], 4)]
     return out
+
+
+def ratio_interval(hits: np.ndarray, reference: np.ndarray, blocks: int = INTERVAL_BLOCKS, draws: int = 2000,
+                   level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
+    """An interval for ``sum(hits) / sum(reference)``, two models' hits on the same scored plays, by a
+    paired block bootstrap: the plays (in time order) are cut into ``blocks`` stretches, since plays of
+    one batch or one listening session are not independent, and stretches are drawn with replacement.
+    None when the reference never hits. Deterministic for a given ``seed``."""
+    a, b = np.asarray(hits, np.float64), np.asarray(reference, np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"hits and reference must be 1-d arrays of one length, got {a.shape} and {b.shape}")
+    if not 2 <= blocks <= len(a) or draws < 1 or not 0 < level < 1:
+        raise ValueError(f"need 2 <= blocks <= {len(a)} plays, draws >= 1 and 0 < level < 1")
+    starts = np.linspace(0, len(a), blocks + 1).astype(np.int64)[:-1]
+    per_a, per_b = np.add.reduceat(a, starts), np.add.reduceat(b, starts)
+    drawn = np.random.default_rng(seed).integers(0, blocks, size=(draws, blocks))
+    num, den = per_a[drawn].sum(axis=1), per_b[drawn].sum(axis=1)
+    if not (den > 0).any():
+        return None
+    lo, hi = np.quantile(num[den > 0] / den[den > 0], [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def print_table(result: dict[str, Any], console: Console) -> None:
@@ -189,7 +219,9 @@ def print_table(result: dict[str, Any], console: Console) -> None:
     for key, label in (("defaults", "as they run by default"), ("either_rule", "under either rule for heard songs")):
         v = result.get("versus", {}).get(key)
         if v and v["ratio"] is not None:
-            console.print(f"online / best baseline {label}: [bold]{v['ratio']:.2f}x[/] ({v['baseline']})")
+            interval = v.get("ratio_interval_95")
+            spread = f"; 95% interval {interval[0]:.2f}-{interval[1]:.2f}x" if interval else ""
+            console.print(f"online / best baseline {label}: [bold]{v['ratio']:.2f}x[/] ({v['baseline']}{spread})")
 
 
 def plot_series(result: dict[str, Any], path: Path) -> Path:
