@@ -17,6 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from offline.intervals import ratio_interval
 from offline.scorers import MODELS, TUNED, make_scorer
 from online_models.batch import PLAY, EventBatch
 from online_models.metrics import sampled_hit_ndcg
@@ -28,6 +29,7 @@ DEFAULT_MODELS = ("als", "als-tuned", "ease", "hybrid", "ncf", "implicit-als", "
                   "implicit-bpr-tuned", "popularity")
 PEERS = ("implicit-als", "implicit-als-tuned", "implicit-bpr", "implicit-bpr-tuned")
 SAMPLED_NEGATIVES = 99
+INTERVAL_USERS = 1000  # blocks of held-out users the ratios' intervals resample (users are independent)
 
 
 # ------------------------------------------------------------------------------------- split
@@ -143,31 +145,41 @@ def evaluate_loo(events: EventBatch, models: list[str], k: int = 10, console: Co
     ncf_config = ncf_config or NCFConfig(seed=seed)
     cache: dict[str, Any] = {}
     results: dict[str, dict[str, float]] = {}
+    per_user: dict[str, dict[str, np.ndarray]] = {}  # each user's hit, for the ratios' intervals
     for name in models:
         params = tuning[name]["params"] if name in TUNED else None
         scorer = make_scorer(name, seed, ncf_config, cache, show_progress, params=params)
         scorer.fit(train)
-        hr, ndcg = sampled_metrics(scorer.score(test_users, candidates), k)
-        recall = full_recall(scorer.top(test_users, k), test_songs)
+        hits, ndcgs = sampled_hit_ndcg(scorer.score(test_users, candidates), k)
+        top = scorer.top(test_users, k)
+        recall = full_recall(top, test_songs)
+        found = (np.asarray(top, dtype=object) == test_songs[:, None]).any(axis=1)
+        hr, ndcg = float(hits.mean()), float(ndcgs.mean())
         results[name] = {f"hr@{k}": hr, f"ndcg@{k}": ndcg, f"recall@{k}": recall, "fit_s": scorer.fit_s}
+        per_user[name] = {f"hr@{k}": hits, f"recall@{k}": found}
         if console is not None:
             console.print(f"[dim]{name}: HR@{k} {hr:.4f}  fit {scorer.fit_s:.1f}s[/dim]")
     out: dict[str, Any] = {"protocol": "loo", "k": int(k), "users": len(test_users), "models": results}
     if tuning:
         out["tuning"] = {name: {key: v for key, v in t.items() if key != "default_early"} for name, t in tuning.items()}
-    ratios = best_over_peers(results, k)
+    ratios = best_over_peers(results, k, per_user)
     if ratios:
         out["ratios"] = ratios
     if console is not None:
         console.print(_table(out, negatives))
         for metric, r in ratios.items():
-            console.print(f"{metric}: {r['ours']} / {r['peer']} = {r['ratio']:.3f}x")
+            low, high = r.get("interval_95", (None, None))
+            spread = f" (95% interval {low:.3f}-{high:.3f}x)" if low is not None else ""
+            console.print(f"{metric}: {r['ours']} / {r['peer']} = {r['ratio']:.3f}x{spread}")
     return out
 
 
-def best_over_peers(results: dict[str, dict[str, float]], k: int) -> dict[str, dict[str, Any]]:
+def best_over_peers(results: dict[str, dict[str, float]], k: int,
+                    per_user: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, dict[str, Any]]:
     """Per metric (HR@k, recall@k): our best model, the best implicit peer, and the ratio of the two.
-    Ours are every model that is not a peer and not ``popularity``. Empty if either side is absent."""
+    Ours are every model that is not a peer and not ``popularity``. Empty if either side is absent.
+    With each model's ``per_user`` figures, each ratio also gets a 95% interval (users resampled in
+    pairs, :func:`offline.intervals.ratio_interval`)."""
     ours = [m for m in results if m not in PEERS and m != "popularity"]
     peers = [m for m in results if m in PEERS]
     out: dict[str, dict[str, Any]] = {}
@@ -179,6 +191,12 @@ def best_over_peers(results: dict[str, dict[str, float]], k: int) -> dict[str, d
         value = results[peer][metric]
         out[metric] = {"ours": best, "peer": peer,
                        "ratio": results[best][metric] / value if value > 0 else float("inf")}
+        if per_user is not None and best in per_user and peer in per_user:
+            ours_hits, peer_hits = per_user[best][metric], per_user[peer][metric]
+            if len(ours_hits) >= 2:
+                interval = ratio_interval(ours_hits, peer_hits, blocks=min(INTERVAL_USERS, len(ours_hits)))
+                if interval is not None:
+                    out[metric]["interval_95"] = [round(interval[0], 4), round(interval[1], 4)]
     return out
 
 

@@ -387,3 +387,11 @@ def test_tuned_models_need_their_parameters_and_ratios_name_the_winners() -> Non
     assert ratios["hr@10"]["ratio"] == pytest.approx(0.6 / 0.55)
     assert ratios["recall@10"]["ours"] == "hybrid" and ratios["recall@10"]["ratio"] == pytest.approx(1.2)
     assert best_over_peers({"als": results["als"]}, 10) == {}
+    # with each user's figures, every ratio gets an interval around it (users resampled in pairs)
+    rng = np.random.default_rng(2)
+    per_user = {name: {"hr@10": (rng.random(400) < m["hr@10"]).astype(float),
+                       "recall@10": rng.random(400) < m["recall@10"]} for name, m in results.items()}
+    measured = {name: {metric: float(v.mean()) for metric, v in figures.items()} for name, figures in per_user.items()}
+    for metric, r in best_over_peers(measured, 10, per_user).items():
+        low, high = r["interval_95"]
+        assert low < r["ratio"] < high, metric
