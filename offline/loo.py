@@ -168,7 +168,7 @@ def evaluate_loo(events: EventBatch, models: list[str], k: int = 10, console: Co
     if console is not None:
         console.print(_table(out, negatives))
         for metric, r in ratios.items():
-            low, high = r.get("interval_95", (None, None))
+            low, high = r.get("ratio_interval_95", (None, None))
             spread = f" (95% interval {low:.3f}-{high:.3f}x)" if low is not None else ""
             console.print(f"{metric}: {r['ours']} / {r['peer']} = {r['ratio']:.3f}x{spread}")
     return out
@@ -196,7 +196,7 @@ def best_over_peers(results: dict[str, dict[str, float]], k: int,
             if len(ours_hits) >= 2:
                 interval = ratio_interval(ours_hits, peer_hits, blocks=min(INTERVAL_USERS, len(ours_hits)))
                 if interval is not None:
-                    out[metric]["interval_95"] = [round(interval[0], 4), round(interval[1], 4)]
+                    out[metric]["ratio_interval_95"] = [round(interval[0], 4), round(interval[1], 4)]
     return out
 
 

@@ -393,5 +393,5 @@ def test_tuned_models_need_their_parameters_and_ratios_name_the_winners() -> Non
                        "recall@10": rng.random(400) < m["recall@10"]} for name, m in results.items()}
     measured = {name: {metric: float(v.mean()) for metric, v in figures.items()} for name, figures in per_user.items()}
     for metric, r in best_over_peers(measured, 10, per_user).items():
-        low, high = r["interval_95"]
+        low, high = r["ratio_interval_95"]
         assert low < r["ratio"] < high, metric
