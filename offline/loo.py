@@ -98,13 +98,19 @@ def sampled_metrics(scores: np.ndarray, k: int) -> tuple[float, float]:
     return (float(hit.mean()), float(ndcg.mean())) if len(hit) else (float("nan"), float("nan"))
 
 
-def full_recall(top: np.ndarray, test_songs: np.ndarray) -> float:
-    """Share of users whose held-out song is in their top list (U, k): recall@k with one test item."""
+def full_hits(top: np.ndarray, test_songs: np.ndarray) -> np.ndarray:
+    """Per user, whether their held-out song is in their top list (U, k)."""
     top = np.asarray(top, dtype=object)
     test = np.asarray(test_songs, dtype=object)
     if top.ndim != 2 or test.shape != (len(top),):
         raise ValueError(f"top must be (U, k) and test_songs (U,), got {top.shape} and {test.shape}")
-    return float((top == test[:, None]).any(axis=1).mean()) if len(test) else float("nan")
+    return (top == test[:, None]).any(axis=1)
+
+
+def full_recall(top: np.ndarray, test_songs: np.ndarray) -> float:
+    """Share of users whose held-out song is in their top list (U, k): recall@k with one test item."""
+    found = full_hits(top, test_songs)
+    return float(found.mean()) if len(found) else float("nan")
 
 
 # -------------------------------------------------------------------------------- evaluation
@@ -151,10 +157,8 @@ def evaluate_loo(events: EventBatch, models: list[str], k: int = 10, console: Co
         scorer = make_scorer(name, seed, ncf_config, cache, show_progress, params=params)
         scorer.fit(train)
         hits, ndcgs = sampled_hit_ndcg(scorer.score(test_users, candidates), k)
-        top = scorer.top(test_users, k)
-        recall = full_recall(top, test_songs)
-        found = (np.asarray(top, dtype=object) == test_songs[:, None]).any(axis=1)
-        hr, ndcg = float(hits.mean()), float(ndcgs.mean())
+        found = full_hits(scorer.top(test_users, k), test_songs)
+        hr, ndcg, recall = float(hits.mean()), float(ndcgs.mean()), float(found.mean())
         results[name] = {f"hr@{k}": hr, f"ndcg@{k}": ndcg, f"recall@{k}": recall, "fit_s": scorer.fit_s}
         per_user[name] = {f"hr@{k}": hits, f"recall@{k}": found}
         if console is not None:
