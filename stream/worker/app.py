@@ -242,6 +242,8 @@ class WorkerApp:
 
     async def publish_stats(self) -> None:
         trim_heap()  # before the RSS it reports: what is resident, not what was freed
+        if self.feed is not None:
+            self.parts.counters.records_refetched = self.feed.dropped
         try:
             self.parts.publish_stats()
         except ServiceUnavailable as exc:

@@ -45,6 +45,9 @@ class Counters:
     songs_hidden: int = 0
     users_forgotten: int = 0
     events_void: int = 0  # events of forgotten users' erased histories, dropped on arrival
+    # records fetched but not processed here: fetched while a rebalance suspended the flow, or of an
+    # older consumer generation; their offsets were not committed, so Kafka delivers them again
+    records_refetched: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -107,5 +110,6 @@ def status_json(version: str | None, workers: list[dict[str, Any]], now: float) 
     return {"version": version, "workers": [
         {"id": w["worker"], "partitions": list(w.get("partitions", [])), "users": int(w.get("users", 0)),
          "events": int(w.get("events", 0)), "refused": int(w.get("refused", 0)),
+         "records_refetched": int(w.get("records_refetched", 0)),
          "rss_mb": float(w.get("rss_mb", 0.0)), "age_s": round(max(now - float(w["updated_at"]), 0.0), 1)}
         for w in workers]}

@@ -16,6 +16,22 @@ from benchmarks import run_benchmark
 from tests.unit.test_benchmarks import positive, quiet
 
 
+def test_machine_names_the_code_that_ran() -> None:
+    import subprocess
+
+    import benchmarks
+
+    ran = benchmarks.machine()["code"]
+    root = Path(benchmarks.__file__).resolve().parent.parent
+    assert ran["path"] == str(root)
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout (CI's is one): the commit and whether it was modified
+        assert ran["commit"] == head.stdout.strip()
+        assert isinstance(ran["modified"], bool)
+    else:
+        assert "commit" not in ran
+
+
 def test_serve_quick(services: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.setenv("REDIS_URL", services.redis_url)
     out = tmp_path / "serve.json"

@@ -56,9 +56,12 @@ def test_index_quick() -> None:
 
 
 def test_train_quick(data_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import benchmarks
     from benchmarks import train
 
     monkeypatch.setenv("MUSICREC_SHARED_DATA", str(data_root))
+    # which commit ran asks git, a process: tests/services/test_benchmarks.py checks it
+    monkeypatch.setattr(benchmarks, "code", lambda: {"path": "here"})
     out = tmp_path / "train.json"
     figures = run_benchmark("train", out, quiet(), quick=True)
     positive(figures, "als_1m_s", "implicit_als_1m_s", "ratio", "als_aggregate_s", "als_matrix_s", "retrain_1m_s",
