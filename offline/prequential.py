@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from offline.intervals import ratio_interval
+from offline.segments import history_before_batch, print_segments, segment_recall
 from online_models.base import Recommender
 from online_models.baselines import PeriodicRetrain, PopularityRecommender, StaticALS
 from online_models.batch import PLAY, EventBatch
@@ -157,9 +158,21 @@ def prequential(events: EventBatch, models: list[str] | None = None, k: int = 10
                                             f"ndcg@{k}": windows(run.gains, n_windows)}
     result["versus"] = versus(result["models"], k, {run.name: run.hits for run in runs},
                               blocks=max(2, min(INTERVAL_BLOCKS, len(play_ts) // (2 * batch_size))))
+    result["segments"] = segment_recall(history_before_batch(train, test, batch_size),
+                                        {run.name: run.hits for run in runs}, k)
     if console is not None:
         print_table(result, console)
+        print_segments(result["segments"], segment_models(result), k, console)
     return result
+
+
+def segment_models(result: dict[str, Any]) -> list[str]:
+    """Who the segment table shows: ``online`` beside the baselines as they run by default and the
+    best under either rule for heard songs, or, without ``online``, the first five models."""
+    if "online" not in result["models"]:
+        return list(result["models"])[:5]
+    named = [v["baseline"] for v in result.get("versus", {}).values()]
+    return list(dict.fromkeys(["online", *(b for b in BASELINES if b in result["models"]), *named]))
 
 
 def versus(models: dict[str, Any], k: int = 10, hits: dict[str, np.ndarray] | None = None,

@@ -54,3 +54,55 @@ def test_model_names_are_checked() -> None:
             make_model(bad, config, 100)
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         prequential(_loyal_log(), ["popularity", "nope"])
+
+
+def test_history_before_batch_counts_what_any_model_could_have_learnt() -> None:
+    from offline.segments import history_before_batch
+
+    def log(users: list[str], kinds: list[str]) -> EventBatch:
+        return EventBatch.from_columns(np.array(users, dtype=object), np.array(["s"] * len(users), dtype=object),
+                                       np.array(kinds, dtype=object), ts=np.arange(len(users), dtype=np.float64))
+
+    train = log(["u1", "u1", "u2"], ["play", "skip", "play"])
+    # batches of two: [u1, u3] [u3, u1 (a skip, not scored)] [u2]
+    test = log(["u1", "u3", "u3", "u1", "u2"], ["play", "play", "play", "skip", "play"])
+    # u1: its two training events; u3: nothing yet, then its play of the first batch; u2: its one
+    # training event (the skip of the second batch belongs to u1, and a batch never sees itself)
+    assert history_before_batch(train, test, 2).tolist() == [2, 0, 1, 1]
+    assert history_before_batch(train, test, 5).tolist() == [2, 0, 0, 1]
+    with pytest.raises(ValueError, match="batch_size"):
+        history_before_batch(train, test, 0)
+
+
+def test_segment_recall_splits_each_models_hits_by_history() -> None:
+    from offline.segments import segment_labels, segment_recall
+
+    assert segment_labels() == ["0", "1-9", "10-99", "100+"]
+    history = np.array([0, 0, 5, 50, 50, 50])
+    out = segment_recall(history, {"a": np.array([1, 0, 1, 0, 1, 1], bool)}, k=10)
+    assert out == {"history_events": ["0", "1-9", "10-99", "100+"], "plays": [2, 1, 3, 0],
+                   "recall@10": {"a": [0.5, 1.0, 0.6667, None]}}
+    with pytest.raises(ValueError, match="3 hits for 6"):
+        segment_recall(history, {"b": np.zeros(3, bool)}, k=10)
+
+
+def test_the_segments_add_up_to_the_overall_figures() -> None:
+    result = prequential(_loyal_log(n_users=4, rounds=60), ["popularity+heard", "online"], k=10, batch_size=8,
+                         config=OnlineConfig(factors=4, iterations=4))
+    seg = result["segments"]
+    assert sum(seg["plays"]) == result["scored_plays"]
+    # 30 events per user in the training half, up to 59 before the last batch: all in 10-99
+    assert seg["plays"] == [0, 0, result["scored_plays"], 0]
+    for name, m in result["models"].items():
+        weighted = sum((r or 0.0) * n for r, n in zip(seg["recall@10"][name], seg["plays"], strict=True))
+        assert weighted / sum(seg["plays"]) == pytest.approx(m["recall@10"], abs=1e-4)
+
+
+def test_the_segment_table_shows_online_beside_its_baselines() -> None:
+    from offline.prequential import segment_models
+
+    models = {name: {} for name in ("popularity", "itemknn", "itemknn+heard", "static+heard", "online", "retrain")}
+    result = {"models": models, "versus": {"defaults": {"baseline": "itemknn"},
+                                           "either_rule": {"baseline": "static+heard"}}}
+    assert segment_models(result) == ["online", "popularity", "itemknn", "static+heard"]
+    assert segment_models({"models": {"a": {}, "b": {}}}) == ["a", "b"]
