@@ -93,6 +93,20 @@ def wait_stats(live: Live, proc: subprocess.Popen[bytes], pred: Any, timeout: fl
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+STAGES = ("parse", "log", "learn", "lists")  # a batch's stages, as the worker counts them (stream.worker.stats)
+
+
+def stage_ms(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """The worker's mean milliseconds per batch between two of its stats: in all (``busy``) and per stage."""
+    batches = max(after["batches"] - before["batches"], 1)
+    return {name: 1000 * (after[f"{name}_s"] - before[f"{name}_s"]) / batches for name in ("busy", *STAGES)}
+
+
+def stage_cell(ms: dict[str, float]) -> str:
+    """``busy = parse + log + learn + lists`` in ms."""
+    return f"{ms['busy']:.1f} = " + " + ".join(f"{ms[name]:.1f}" for name in STAGES)
+
+
 def produce(live: Live, events: EventBatch) -> float:
     """Send as fast as the producer goes; returns events/s."""
     t0 = time.perf_counter()
@@ -101,4 +115,5 @@ def produce(live: Live, events: EventBatch) -> float:
     return len(events) / (time.perf_counter() - t0)
 
 
-__all__ = ["Live", "fresh_events", "live_setup", "produce", "start_worker", "stop_process", "wait_stats"]
+__all__ = ["STAGES", "Live", "fresh_events", "live_setup", "produce", "stage_cell", "stage_ms", "start_worker",
+           "stop_process", "wait_stats"]

@@ -55,6 +55,7 @@ class BatchProcessor:
         parsed = parse_events([m.value for m in messages], [m.key for m in messages], sources)
         dead = [DeadLetter(messages[i].key, messages[i].value, reason, sources[i]) for i, reason in parsed.refused]
         batch, positions = parsed.events, np.asarray(parsed.positions, np.int64)
+        marks = [t0, time.perf_counter()]  # where the batch's time goes: parse, log, learn, lists
         void = self.log.tombstones.void(batch.user_ids, batch.ts)
         if void.any():  # a forgotten user's erased past, sent again (a replay of an old file)
             keep = np.flatnonzero(~void)
@@ -70,8 +71,10 @@ class BatchProcessor:
             self.log.append(new_events, writer=self.worker_id, partitions=partitions_of(new_events, batch, partitions))
             self.holdings.observe(batch.user_ids, partitions, batch.ts)
             produced = np.array([messages[i].timestamp for i in positions.tolist()], dtype=np.float64)
+            marks.append(time.perf_counter())
             self.model.partial_fit(new_events)
             self.applied.folded_in(new_events)
+            marks.append(time.perf_counter())
             touched = np.unique(batch.user_ids)
             self.ab.observe(new_events)  # against the lists served before these events
             written = self.lists.write(touched, last_per_user(touched, batch, produced))
@@ -81,15 +84,25 @@ class BatchProcessor:
             if self.backfill is not None:  # their lists are as fresh as can be, and carry their last event
                 self.backfill.discard(touched.tolist())
             self.counters.users_written += len(touched)
-        self._count(len(batch), duplicates, t0)
+        else:
+            marks += [marks[-1], marks[-1]]  # nothing logged or learnt
+        marks.append(time.perf_counter())
+        self._count(len(batch), duplicates, marks)
         return dead
 
-    def _count(self, events: int, duplicates: int, started: float) -> None:
+    def _count(self, events: int, duplicates: int, marks: list[float]) -> None:
+        """``marks``: the batch's start, the ends of parsing, logging and learning, and its end (the
+        last stage: lists, their Redis write and the bookkeeping)."""
         c = self.counters
         c.events += events
         c.duplicates += duplicates
         c.batches += 1
-        c.last_batch_ms = (time.perf_counter() - started) * 1000
+        c.last_batch_ms = (marks[-1] - marks[0]) * 1000
+        c.busy_s += marks[-1] - marks[0]
+        c.parse_s += marks[1] - marks[0]
+        c.log_s += marks[2] - marks[1]
+        c.learn_s += marks[3] - marks[2]
+        c.lists_s += marks[4] - marks[3]
         if events:
             c.last_batch_at = time.time()
             c.cpu_at_last_batch = time.process_time()

@@ -48,6 +48,13 @@ class Counters:
     # records fetched but not processed here: fetched while a rebalance suspended the flow, or of an
     # older consumer generation; their offsets were not committed, so Kafka delivers them again
     records_refetched: int = 0
+    # seconds spent in batches, in all and per stage: parsing; the log append with its checks (void,
+    # dedup, holdings); learning; the lists with their Redis write and the bookkeeping after it
+    busy_s: float = 0.0
+    parse_s: float = 0.0
+    log_s: float = 0.0
+    learn_s: float = 0.0
+    lists_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -79,6 +79,15 @@ def test_ingest_quick(services: Any, data_root: Path, monkeypatch: pytest.Monkey
              "worker_cores_used", "bare_faust_inline_events_per_s", "ratio_to_inline", "cold_events_per_s",
              "cold_ratio")
     assert figures["events"] == 6_000
+    stages_add_up(figures["worker_ms_per_batch"])
+
+
+def stages_add_up(ms: dict[str, float]) -> None:
+    """A batch's stages are parts of it: each took time, and together no more than the batch."""
+    from benchmarks.live import STAGES
+
+    assert ms["busy"] > 0 and all(ms[name] > 0 for name in STAGES), ms
+    assert sum(ms[name] for name in STAGES) == pytest.approx(ms["busy"], rel=1e-6)
 
 
 @pytest.mark.slow
@@ -94,6 +103,7 @@ def test_freshness_quick(services: Any, data_root: Path, monkeypatch: pytest.Mon
         positive(phase, "achieved_rate", "p50_ms", "p99_ms", "redis_side_p50_ms", "users", "events_per_batch")
         assert phase["p50_ms"] <= phase["p95_ms"] <= phase["p99_ms"]
         assert phase["events"] == int(phase["rate"] * figures["seconds_per_phase"])
+        stages_add_up(phase["worker_ms_per_batch"])
 
 
 def test_restore_quick() -> None:
