@@ -70,15 +70,15 @@ def segment_recall(history: np.ndarray, hits: Mapping[str, np.ndarray], k: int,
 
 
 def print_segments(segments: dict[str, Any], shown: Sequence[str], k: int, console: Console) -> None:
-    """The segments as a table: plays (share of all) and the recall@k of the ``shown`` models."""
+    """The segments as a table: one column per segment, a row of plays (share of all) and one row of
+    recall@k per ``shown`` model (models as rows: it stays within 80 columns however many are shown)."""
     metric = f"recall@{k}"
     total = max(sum(segments["plays"]), 1)
     table = Table(title=f"{metric} by the user's events before the batch")
-    for col in ("events before", "plays", *shown):
-        table.add_column(col, justify="left" if col == "events before" else "right")
-    for i, label in enumerate(segments["history_events"]):
-        plays = segments["plays"][i]
-        cells = [segments[metric][name][i] for name in shown]
-        table.add_row(label, f"{plays} ({100 * plays / total:.0f}%)",
-                      *("-" if c is None else f"{c:.4f}" for c in cells))
+    table.add_column("events before", justify="left")
+    for label in segments["history_events"]:
+        table.add_column(label, justify="right")
+    table.add_row("plays", *(f"{n} ({100 * n / total:.0f}%)" for n in segments["plays"]), end_section=True)
+    for name in shown:
+        table.add_row(name, *("-" if c is None else f"{c:.4f}" for c in segments[metric][name]))
     console.print(table)

@@ -106,3 +106,24 @@ def test_the_segment_table_shows_online_beside_its_baselines() -> None:
                                            "either_rule": {"baseline": "static+heard"}}}
     assert segment_models(result) == ["online", "popularity", "itemknn", "static+heard"]
     assert segment_models({"models": {"a": {}, "b": {}}}) == ["a", "b"]
+
+
+def test_the_segment_table_fits_an_80_column_terminal_and_names_each_figure() -> None:
+    import io
+
+    from rich.console import Console
+
+    from offline.segments import print_segments
+
+    names = ["online", "popularity", "itemknn", "itemknn+heard", "static+heard", "retrain"]
+    segments = {"history_events": ["0", "1-9", "10-99", "100+"], "plays": [17582, 886, 8498, 16763],
+                "recall@10": {name: [0.0563 + i / 1e4, None, 0.0464, 0.0300] for i, name in enumerate(names)}}
+    out = io.StringIO()
+    print_segments(segments, names, 10, Console(file=out, width=80, color_system=None))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = {line.split("│")[1].strip(): line for line in lines if line.count("│") == 6}
+    assert "17582 (40%)" in rows["plays"] and "16763 (38%)" in rows["plays"]
+    for i, name in enumerate(names):  # one row per model, whole, with its own figures
+        cells = [c.strip() for c in rows[name].split("│")[2:6]]
+        assert cells == [f"{0.0563 + i / 1e4:.4f}", "-", "0.0464", "0.0300"]
