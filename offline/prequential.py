@@ -23,7 +23,7 @@ from rich.table import Table
 
 from offline.intervals import ratio_interval
 from offline.segments import history_before_batch, print_segments, segment_recall
-from online_models.base import Recommender
+from online_models.base import PooledRecommender, Recommender
 from online_models.baselines import PeriodicRetrain, PopularityRecommender, StaticALS
 from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
@@ -71,6 +71,7 @@ class ModelRun:
     gains: np.ndarray
     fit_s: float
     replay_s: float
+    pool_hits: np.ndarray | None = None  # per scored play: its song among the candidates ranked (two-stage models)
 
 
 def split(events: EventBatch, train_fraction: float) -> tuple[EventBatch, EventBatch]:
@@ -92,6 +93,8 @@ def replay_model(model: Recommender, train: EventBatch, test: EventBatch, k: int
     plays = test.kinds == PLAY
     hits = np.zeros(int(plays.sum()), dtype=bool)
     gains = np.zeros(len(hits))
+    pooled = model if isinstance(model, PooledRecommender) else None
+    pool_hits = np.zeros(len(hits), dtype=bool) if pooled is not None else None
     done = 0
     t1 = time.perf_counter()
     for start in range(0, len(test), batch_size):
@@ -99,8 +102,13 @@ def replay_model(model: Recommender, train: EventBatch, test: EventBatch, k: int
         is_play = batch.kinds == PLAY
         if is_play.any():
             users, row = np.unique(batch.user_ids[is_play], return_inverse=True)
-            recs = model.recommend(users, k)
-            match = recs.song_ids[row] == batch.song_ids[is_play][:, None]
+            played = batch.song_ids[is_play][:, None]
+            if pooled is not None and pool_hits is not None:
+                recs, pool = pooled.recommend_with_pool(users, k)
+                pool_hits[done:done + len(row)] = (pool[row] == played).any(axis=1)
+            else:
+                recs = model.recommend(users, k)
+            match = recs.song_ids[row] == played
             hit = match.any(axis=1)
             n = len(hit)
             hits[done:done + n] = hit
@@ -109,7 +117,7 @@ def replay_model(model: Recommender, train: EventBatch, test: EventBatch, k: int
         model.partial_fit(batch)
         if on_batch is not None:
             on_batch(len(batch))
-    return ModelRun(model.name, hits, gains, fit_s, time.perf_counter() - t1)
+    return ModelRun(model.name, hits, gains, fit_s, time.perf_counter() - t1, pool_hits)
 
 
 def windows(values: np.ndarray, n_windows: int) -> list[float]:
@@ -154,12 +162,17 @@ def prequential(events: EventBatch, models: list[str] | None = None, k: int = 10
             "fit_s": round(run.fit_s, 3), "replay_s": round(run.replay_s, 3),
             "events_per_s": round(len(test) / run.replay_s, 1) if run.replay_s > 0 else None,
         }
+        if run.pool_hits is not None:  # share of the plays whose song was among the candidates ranked
+            result["models"][name]["pool_recall"] = float(run.pool_hits.mean()) if len(run.pool_hits) else 0.0
         result["series"]["models"][name] = {f"recall@{k}": windows(run.hits, n_windows),
                                             f"ndcg@{k}": windows(run.gains, n_windows)}
     result["versus"] = versus(result["models"], k, {run.name: run.hits for run in runs},
                               blocks=max(2, min(INTERVAL_BLOCKS, len(play_ts) // (2 * batch_size))))
-    result["segments"] = segment_recall(history_before_batch(train, test, batch_size),
-                                        {run.name: run.hits for run in runs}, k)
+    history = history_before_batch(train, test, batch_size)
+    result["segments"] = segment_recall(history, {run.name: run.hits for run in runs}, k)
+    pools = {run.name: run.pool_hits for run in runs if run.pool_hits is not None}
+    if pools:
+        result["segments"]["pool_recall"] = segment_recall(history, pools, k)[f"recall@{k}"]
     if console is not None:
         print_table(result, console)
         print_segments(result["segments"], segment_models(result), k, console)
@@ -203,10 +216,11 @@ def print_table(result: dict[str, Any], console: Console) -> None:
     k = result["k"]
     table = Table(title=f"prequential, {result['events']} events replayed after {result['train_events']} "
                         f"({result['scored_plays']} plays scored, batches of {result['batch_size']})")
-    for col in ("model", f"recall@{k}", f"ndcg@{k}", "replay events/s", "fit s"):
+    for col in ("model", f"recall@{k}", f"ndcg@{k}", "in pool", "replay events/s", "fit s"):
         table.add_column(col, justify="right" if col != "model" else "left")
     for name, m in result["models"].items():
         table.add_row(name, f"{m[f'recall@{k}']:.4f}", f"{m[f'ndcg@{k}']:.4f}",
+                      f"{m['pool_recall']:.4f}" if "pool_recall" in m else "-",
                       f"{m['events_per_s']:.0f}" if m["events_per_s"] else "-", f"{m['fit_s']:.2f}")
     console.print(table)
     for key, label in (("defaults", "as they run by default"), ("either_rule", "under either rule for heard songs")):

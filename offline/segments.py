@@ -70,8 +70,9 @@ def segment_recall(history: np.ndarray, hits: Mapping[str, np.ndarray], k: int,
 
 
 def print_segments(segments: dict[str, Any], shown: Sequence[str], k: int, console: Console) -> None:
-    """The segments as a table: one column per segment, a row of plays (share of all) and one row of
-    recall@k per ``shown`` model (models as rows: it stays within 80 columns however many are shown)."""
+    """The segments as a table: one column per segment, a row of plays (share of all), one row of
+    recall@k per ``shown`` model (models as rows: it stays within 80 columns however many are shown),
+    and, for two-stage models, the share of the plays their candidates held (``"pool_recall"``)."""
     metric = f"recall@{k}"
     total = max(sum(segments["plays"]), 1)
     table = Table(title=f"{metric} by the user's events before the batch")
@@ -81,4 +82,7 @@ def print_segments(segments: dict[str, Any], shown: Sequence[str], k: int, conso
     table.add_row("plays", *(f"{n} ({100 * n / total:.0f}%)" for n in segments["plays"]), end_section=True)
     for name in shown:
         table.add_row(name, *("-" if c is None else f"{c:.4f}" for c in segments[metric][name]))
+    for name, shares in segments.get("pool_recall", {}).items():  # how many of the plays the candidates held
+        table.add_row(f"{name} in pool", *("-" if c is None else f"{c:.4f}" for c in shares),
+                      style="dim")
     console.print(table)

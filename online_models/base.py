@@ -7,7 +7,9 @@ Models with song vectors also answer :class:`SimilarSongs`. ``tests/unit/test_co
 every subclass of :class:`Recommender` by itself and runs the contract on each.
 
 The worker calls this contract plus one documented serving extension of ``OnlineALS`` (``serve``:
-lists with their reasons and the popularity fallback, all from one model version).
+lists with their reasons and the popularity fallback, all from one model version). The prequential
+replay calls ``recommend_with_pool`` instead of ``recommend`` on a model that has it
+(:class:`PooledRecommender`): the same lists, plus the candidates they were ranked from.
 """
 
 from __future__ import annotations
@@ -93,6 +95,16 @@ class Recommender(ABC):
     def _unit_test_skips(cls) -> frozenset[str]:
         """Contract checks that do not apply to this model, by name."""
         return frozenset()
+
+
+@runtime_checkable
+class PooledRecommender(Protocol):
+    """A two-stage recommender that can show its first stage: the candidates it ranked."""
+
+    def recommend_with_pool(self, user_ids: np.ndarray, k: int = 10) -> tuple[RecList, np.ndarray]:
+        """Exactly ``recommend(user_ids, k)``, plus each user's pool: (U, M) song ids of the candidates
+        the list was ranked from ("" pads). An evaluation can then tell a song never retrieved from
+        one retrieved and ranked below the list."""
 
 
 @runtime_checkable

@@ -134,6 +134,14 @@ class OnlineALS(Recommender):
         served = self.holder.peek()
         return recommend(self.state, served, users, k, self._pool(served, users, k))
 
+    def recommend_with_pool(self, user_ids: np.ndarray, k: int = 10) -> tuple[RecList, np.ndarray]:
+        users = check_request(user_ids, k)
+        served = self.holder.peek()
+        candidates = self._pool(served, users, k)
+        names = self.state.names_of(np.where(candidates.allowed, candidates.keys, -1),
+                                    None if served is None else served.model.index)
+        return recommend(self.state, served, users, k, candidates), names
+
     def _pool(self, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> Pool:
         """The users' pool, kept for the next partial_fit: their next plays learn from what they were served."""
         candidates = user_pool(self.state, served, users, k)

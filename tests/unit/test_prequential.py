@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from offline.prequential import MODELS, make_model, prequential, versus
-from online_models.batch import EventBatch
+from online_models.batch import PLAY, EventBatch
 from online_models.config import OnlineConfig
 
 
@@ -127,3 +127,61 @@ def test_the_segment_table_fits_an_80_column_terminal_and_names_each_figure() ->
     for i, name in enumerate(names):  # one row per model, whole, with its own figures
         cells = [c.strip() for c in rows[name].split("│")[2:6]]
         assert cells == [f"{0.0563 + i / 1e4:.4f}", "-", "0.0464", "0.0300"]
+
+
+class _TwoStage:
+    """A two-stage model with a known answer: it ranks the candidates ["s0", "s1"] and lists "s0" only."""
+
+    name = "two-stage"
+
+    def fit(self, events: EventBatch) -> None:
+        pass
+
+    def partial_fit(self, events: EventBatch) -> np.ndarray:
+        return np.unique(events.user_ids)
+
+    def recommend(self, user_ids: np.ndarray, k: int = 10):  # type: ignore[no-untyped-def]
+        return self.recommend_with_pool(user_ids, k)[0]
+
+    def recommend_with_pool(self, user_ids: np.ndarray, k: int = 10):  # type: ignore[no-untyped-def]
+        from online_models.base import RecList
+
+        lists = RecList.empty(len(user_ids), k)
+        lists.song_ids[:, 0] = "s0"
+        return lists, np.tile(np.array(["s0", "s1", ""], dtype=object), (len(user_ids), 1))
+
+
+def test_the_replay_counts_a_song_retrieved_but_ranked_out_apart_from_one_never_retrieved() -> None:
+    from offline.prequential import replay_model, split
+
+    train, test = split(_loyal_log(n_users=4, rounds=60), 0.5)  # user i plays s{i}: a quarter each
+    run = replay_model(_TwoStage(), train, test, k=10, batch_size=8)
+    played = test.song_ids[test.kinds == PLAY]
+    assert run.hits.tolist() == (played == "s0").tolist()
+    assert run.pool_hits is not None and run.pool_hits.tolist() == np.isin(played, ["s0", "s1"]).tolist()
+    assert run.hits.mean() == 0.25 and run.pool_hits.mean() == 0.5
+    # a one-stage model has no pool to count
+    assert replay_model(make_model("popularity", OnlineConfig(), 100), train, test, 10, 8).pool_hits is None
+
+
+def test_the_online_pool_holds_every_hit_and_its_lists_are_recommends() -> None:
+    config = OnlineConfig(factors=4, iterations=4)
+    result = prequential(_loyal_log(n_users=6, rounds=40), ["popularity+heard", "online"], k=2, batch_size=8,
+                         config=config)
+    online, seg = result["models"]["online"], result["segments"]
+    assert "pool_recall" not in result["models"]["popularity+heard"]
+    assert online["recall@2"] <= online["pool_recall"] <= 1.0
+    assert set(seg["pool_recall"]) == {"online"}
+    for pooled, listed in zip(seg["pool_recall"]["online"], seg["recall@2"]["online"], strict=True):
+        assert (pooled is None) == (listed is None) and (pooled is None or pooled >= listed)
+    # recommend_with_pool serves recommend's very lists, from the candidates it returns
+    log = _loyal_log(n_users=6, rounds=40)
+    a, b = make_model("online", config, 100), make_model("online", config, 100)
+    a.fit(log)
+    b.fit(log)
+    users = np.array(["u0", "u3", "stranger"], dtype=object)
+    lists = a.recommend(users, 2)
+    pooled, pool = b.recommend_with_pool(users, 2)  # type: ignore[attr-defined]
+    assert (pooled.song_ids == lists.song_ids).all() and np.allclose(pooled.scores, lists.scores)
+    for listed, candidates in zip(pooled.song_ids, pool, strict=True):
+        assert set(listed) - {""} <= set(candidates) - {""}
