@@ -102,13 +102,12 @@ def replay_model(model: Recommender, train: EventBatch, test: EventBatch, k: int
         is_play = batch.kinds == PLAY
         if is_play.any():
             users, row = np.unique(batch.user_ids[is_play], return_inverse=True)
-            played = batch.song_ids[is_play][:, None]
             if pooled is not None and pool_hits is not None:
                 recs, pool = pooled.recommend_with_pool(users, k)
-                pool_hits[done:done + len(row)] = (pool[row] == played).any(axis=1)
+                pool_hits[done:done + len(row)] = (pool[row] == batch.song_keys[is_play][:, None]).any(axis=1)
             else:
                 recs = model.recommend(users, k)
-            match = recs.song_ids[row] == played
+            match = recs.song_ids[row] == batch.song_ids[is_play][:, None]
             hit = match.any(axis=1)
             n = len(hit)
             hits[done:done + n] = hit

@@ -138,9 +138,7 @@ class OnlineALS(Recommender):
         users = check_request(user_ids, k)
         served = self.holder.peek()
         candidates = self._pool(served, users, k)
-        names = self.state.names_of(np.where(candidates.allowed, candidates.keys, -1),
-                                    None if served is None else served.model.index)
-        return recommend(self.state, served, users, k, candidates), names
+        return recommend(self.state, served, users, k, candidates), np.where(candidates.allowed, candidates.keys, -1)
 
     def _pool(self, served: Served[ServingModel] | None, users: np.ndarray, k: int) -> Pool:
         """The users' pool, kept for the next partial_fit: their next plays learn from what they were served."""

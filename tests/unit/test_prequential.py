@@ -148,7 +148,9 @@ class _TwoStage:
 
         lists = RecList.empty(len(user_ids), k)
         lists.song_ids[:, 0] = "s0"
-        return lists, np.tile(np.array(["s0", "s1", ""], dtype=object), (len(user_ids), 1))
+        from index_manager.keys import song_keys
+
+        return lists, np.tile(np.r_[song_keys(np.array(["s0", "s1"], dtype=object)), -1], (len(user_ids), 1))
 
 
 def test_the_replay_counts_a_song_retrieved_but_ranked_out_apart_from_one_never_retrieved() -> None:
@@ -165,6 +167,8 @@ def test_the_replay_counts_a_song_retrieved_but_ranked_out_apart_from_one_never_
 
 
 def test_the_online_pool_holds_every_hit_and_its_lists_are_recommends() -> None:
+    from index_manager.keys import song_keys
+
     config = OnlineConfig(factors=4, iterations=4)
     result = prequential(_loyal_log(n_users=6, rounds=40), ["popularity+heard", "online"], k=2, batch_size=8,
                          config=config)
@@ -184,4 +188,4 @@ def test_the_online_pool_holds_every_hit_and_its_lists_are_recommends() -> None:
     pooled, pool = b.recommend_with_pool(users, 2)  # type: ignore[attr-defined]
     assert (pooled.song_ids == lists.song_ids).all() and np.allclose(pooled.scores, lists.scores)
     for listed, candidates in zip(pooled.song_ids, pool, strict=True):
-        assert set(listed) - {""} <= set(candidates) - {""}
+        assert set(song_keys(np.array([s for s in listed if s], dtype=object)).tolist()) <= set(candidates) - {-1}
