@@ -104,9 +104,9 @@ class PooledRecommender(Protocol):
     def recommend_with_pool(self, user_ids: np.ndarray, k: int = 10) -> tuple[RecList, np.ndarray]:
         """Exactly ``recommend(user_ids, k)``, plus each user's pool: (U, M) int64 song keys
         (``index_manager.keys.song_keys``, as ``EventBatch.song_keys``; -1 pads) of the candidates the
-        list was ranked from. Keys, not names: an evaluation compares them with every play, and
-        naming a pool costs more than ranking it. It can then tell a song never retrieved from one
-        retrieved and ranked below the list."""
+        list was ranked from (keys, not names: an evaluation compares them with every play, and naming
+        every pool is per-song Python). It can then tell a song never retrieved from one retrieved
+        and ranked below the list."""
 
 
 @runtime_checkable

@@ -130,9 +130,7 @@ class OnlineALS(Recommender):
 
     # -- recommending -------------------------------------------------------------------------
     def recommend(self, user_ids: np.ndarray, k: int = 10) -> RecList:
-        users = check_request(user_ids, k)
-        served = self.holder.peek()
-        return recommend(self.state, served, users, k, self._pool(served, users, k))
+        return self.recommend_with_pool(user_ids, k)[0]
 
     def recommend_with_pool(self, user_ids: np.ndarray, k: int = 10) -> tuple[RecList, np.ndarray]:
         users = check_request(user_ids, k)
