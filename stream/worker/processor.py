@@ -84,9 +84,9 @@ class BatchProcessor:
             if self.backfill is not None:  # their lists are as fresh as can be, and carry their last event
                 self.backfill.discard(touched.tolist())
             self.counters.users_written += len(touched)
-        else:
-            marks += [marks[-1], marks[-1]]  # nothing logged or learnt
-        marks.append(time.perf_counter())
+            marks.append(time.perf_counter())
+        else:  # the void check was this batch's log stage; nothing was learnt or listed
+            marks += [time.perf_counter()] * 3
         self._count(len(batch), duplicates, marks)
         return dead
 
